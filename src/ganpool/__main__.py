@@ -1,0 +1,3 @@
+from ganpool.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,349 @@
+"""The `ganpool` command. Errors a user can cause end in one line and a non-zero exit;
+`-v` shows the traceback and debug logs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from ganpool.errors import ConfigError, GanpoolError
+
+log = logging.getLogger("ganpool")
+
+
+def _parse_sets(items: list[str]) -> dict:
+    """`--set key=value`, value read as a TOML value (numbers, booleans), else a string."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def _config(args) -> object:
+    from ganpool.settings import load_run_config
+
+    overrides = _parse_sets(args.set or [])
+    if getattr(args, "steps", None) is not None:
+        overrides["max_steps"] = args.steps
+    return load_run_config(args.config, args.preset, overrides)
+
+
+def _store(args):
+    from ganpool.store import Store, check_schema, connect
+    from ganpool.store.connection import resolve_dsn
+
+    dsn = resolve_dsn(args.db)
+    store = Store(connect(dsn))
+    check_schema(store.conn)
+    return dsn, store
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_db_migrate(args) -> int:
+    from ganpool.store import connect, migrate
+    from ganpool.store.connection import resolve_dsn
+
+    conn = connect(resolve_dsn(args.db))
+    applied = migrate(conn)
+    conn.close()
+    print("applied " + ", ".join(applied) if applied else "schema is up to date")
+    return 0
+
+
+def cmd_run_create(args) -> int:
+    from ganpool.data.datasets import open_dataset
+    from ganpool.runs import create_run
+
+    cfg = _config(args)
+    dataset = open_dataset(cfg.dataset, cfg.image_size, cfg.channels, args.data)
+    _, store = _store(args)
+    run = create_run(store, args.run, cfg, dataset)
+    print(f"created run {run.name!r} (id {run.id}) on {len(dataset)} images, {dataset.fingerprint}")
+    return 0
+
+
+def cmd_run_control(args) -> int:
+    from ganpool.runs import find_run
+
+    _, store = _store(args)
+    run = find_run(store, args.run)
+    status = {"pause": "paused", "resume": "running", "stop": "stopped"}[args.action]
+    with store.tx():
+        store.execute("set_run_status", run_id=run.id, status=status)
+        store.execute("notify_run_status", run_id=run.id)
+    print(f"run {run.name!r} is now {status}")
+    return 0
+
+
+def cmd_coordinator(args) -> int:
+    import torch
+
+    from ganpool.coordinator import Coordinator
+    from ganpool.runs import find_run
+
+    torch.set_num_threads(args.threads)
+    dsn, store = _store(args)
+    run = find_run(store, args.run)
+    store.close()
+    started = time.monotonic()
+    images = 0
+
+    def on_step(r) -> None:
+        nonlocal images
+        images += r.images
+        rate = images / max(1e-9, time.monotonic() - started)
+        print(
+            f"step {r.version:5d} | epoch {r.epochs:6.2f} | {rate:7.1f} img/s | "
+            f"G {r.g_loss:.3f} D {r.d_loss:.3f} | D(x) {r.d_real:.2f} D(G(z)) {r.d_fake:.2f} | "
+            f"workers {r.workers} | {r.seconds * 1000:.0f} ms",
+            flush=True,
+        )
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    coordinator = Coordinator(dsn, run, out_dir=args.out, on_step=on_step)
+    coordinator.serve()
+    print(f"run {run.name!r} ended at version {coordinator.version}")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    import socket
+
+    import torch
+
+    from ganpool.runs import find_run
+    from ganpool.worker import Worker
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dsn, store = _store(args)
+    run = find_run(store, args.run)
+    store.close()
+    name = args.name or f"{os.environ.get('USER', 'student')}@{socket.gethostname()}"
+
+    def on_unit(p) -> None:
+        line = (
+            f"[{name}] version {p.version} | units {p.units} | images {p.images} | "
+            f"{p.images_per_s:.1f} img/s"
+        )
+        if p.rejected:
+            line += f" | rejected {p.rejected}"
+        print(line, flush=True)
+        if p.last_message:
+            print(f"[{name}] {p.last_message}", flush=True)
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    worker = Worker(
+        dsn,
+        run,
+        name,
+        data_path=args.data,
+        device=args.device,
+        on_unit=on_unit,
+        max_units=args.max_units,
+    )
+    print(f"[{name}] joined run {run.name!r} on {worker.device.type}", flush=True)
+    try:
+        p = worker.serve()
+    except KeyboardInterrupt:
+        print(f"[{name}] interrupted: lease released, left the run", flush=True)
+        return 130
+    print(f"[{name}] done: {p.units} units, {p.images} images, {p.rejected} rejected", flush=True)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from ganpool.runs import find_run
+
+    _, store = _store(args)
+    run = find_run(store, args.run)
+    s = store.one("run_summary", run_id=run.id)
+    print(
+        f"run {s['name']!r}: {s['status']}, step {max(0, s['current_version'])}, "
+        f"epoch {s['epochs']:.2f}, {s['images_applied']} images applied, "
+        f"{s['workers_online']} worker(s) online"
+    )
+    print(
+        f"units applied {s['units_applied']}, rejected {s['units_rejected']}, "
+        f"reissued {s['units_reissued']}"
+    )
+    board = store.all("leaderboard", run_id=run.id)
+    if board:
+        print(f"\n{'worker':<24} {'images':>8} {'units':>6} {'rejected':>8}")
+        for row in board:
+            print(f"{row['name']:<24} {row['images']:>8} {row['units']:>6} {row['rejected']:>8}")
+    metrics = store.all("recent_metrics", run_id=run.id, limit=5)
+    if metrics:
+        print(f"\n{'step':>6} {'G loss':>8} {'D loss':>8} {'D(x)':>6} {'D(G(z))':>8}")
+        for m in metrics:
+            print(
+                f"{m['step']:>6} {m['g_loss']:>8.3f} {m['d_loss']:>8.3f} {m['d_real']:>6.2f} "
+                f"{m['d_fake']:>8.2f}"
+            )
+    return 0
+
+
+def cmd_train_local(args) -> int:
+    import torch
+
+    from ganpool.data.datasets import open_dataset
+    from ganpool.evaluation.grid import sample_grid
+    from ganpool.protocol.schedule import sample_seed
+    from ganpool.serialization.tensors import pack
+    from ganpool.training.local import train_local
+
+    torch.set_num_threads(args.threads)
+    cfg = _config(args)
+    if not cfg.max_steps:
+        raise ConfigError("train-local needs a number of steps: pass --steps N")
+    dataset = open_dataset(cfg.dataset, cfg.image_size, cfg.channels, args.data)
+    out = Path(args.out)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    noise = torch.randn(64, cfg.nz, generator=torch.Generator().manual_seed(sample_seed(cfg.seed)))
+    started = time.monotonic()
+
+    def on_step(s, state) -> None:
+        if s.step % cfg.sample_every == 0 or s.step == cfg.max_steps:
+            (out / "samples" / f"step_{s.step:06d}.png").write_bytes(sample_grid(state.g, noise))
+            rate = s.step * s.images / (time.monotonic() - started)
+            print(
+                f"step {s.step:5d} | epoch {s.epochs:6.2f} | {rate:7.1f} img/s | "
+                f"G {s.g_loss:.3f} D {s.d_loss:.3f} | D(x) {s.d_real:.2f} D(G(z)) {s.d_fake:.2f}",
+                flush=True,
+            )
+
+    state = train_local(cfg, dataset, cfg.max_steps, on_step)
+    (out / "weights.safetensors").write_bytes(pack(state.weights()))
+    print(f"wrote {out / 'weights.safetensors'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ganpool.local_demo.demo import run_demo
+
+    summary = run_demo(workers=args.workers, steps=args.steps, out=Path(args.out), db=args.db)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+# -- argument parsing ----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ganpool", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def db_arg(sp) -> None:
+        sp.add_argument(
+            "--db", help="PostgreSQL URL (else $GANPOOL_DB, else libpq's PG* variables)"
+        )
+
+    def run_arg(sp) -> None:
+        sp.add_argument("--run", help="run name (default: the newest run)")
+
+    def config_args(sp) -> None:
+        sp.add_argument("--config", type=Path, help="TOML file with a [run] table")
+        sp.add_argument("--preset", default="small", help="small (CPU, built-in faces) or dcgan64")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+        sp.add_argument("--data", type=Path, help="image folder, for the `folder` dataset")
+        sp.add_argument("--steps", type=int, help="stop after this many steps (max_steps)")
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(
+        dest="db_command", required=True
+    )
+    m = db.add_parser("migrate", help="create or upgrade the schema (idempotent)")
+    db_arg(m)
+    m.set_defaults(func=cmd_db_migrate)
+
+    run = sub.add_parser("run", help="create and control runs").add_subparsers(
+        dest="run_command", required=True
+    )
+    c = run.add_parser("create", help="create a run from a preset, a TOML file and --set")
+    db_arg(c)
+    c.add_argument("--run", default="default", help="name of the new run")
+    config_args(c)
+    c.set_defaults(func=cmd_run_create)
+    for action in ("pause", "resume", "stop"):
+        a = run.add_parser(action, help=f"{action} a run")
+        db_arg(a)
+        run_arg(a)
+        a.set_defaults(func=cmd_run_control, action=action)
+
+    co = sub.add_parser("coordinator", help="aggregate results and publish versions")
+    db_arg(co)
+    run_arg(co)
+    co.add_argument("--out", type=Path, help="also write sample grids here")
+    co.add_argument("--threads", type=int, default=1, help="torch threads")
+    co.set_defaults(func=cmd_coordinator)
+
+    w = sub.add_parser("worker", help="join a run and compute work units")
+    db_arg(w)
+    run_arg(w)
+    w.add_argument("--name", help="your name on the leaderboard")
+    w.add_argument("--data", type=Path, help="local copy of the run's image folder")
+    w.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    w.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    w.add_argument("--max-units", type=int, default=0, help="leave after this many units")
+    w.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("status", help="a run's progress, leaderboard and recent losses")
+    db_arg(s)
+    run_arg(s)
+    s.set_defaults(func=cmd_status)
+
+    t = sub.add_parser("train-local", help="the single-process reference trainer (no database)")
+    config_args(t)
+    t.add_argument("--out", default="train-local-out", help="folder for grids and weights")
+    t.add_argument("--threads", type=int, default=2, help="torch threads")
+    t.set_defaults(func=cmd_train_local)
+
+    d = sub.add_parser("demo", help="coordinator + workers on an embedded PostgreSQL")
+    d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--steps", type=int, default=600)
+    d.add_argument("--out", default="demo-out")
+    d.add_argument("--db", help="use this server instead of starting an embedded one")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        return args.func(args)
+    except GanpoolError as e:
+        if args.verbose:
+            raise
+        print(f"ganpool: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ganpool: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        import psycopg
+
+        if args.verbose or not isinstance(e, psycopg.Error):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"ganpool: database error: {first} (run with -v for details)", file=sys.stderr)
+        return 3

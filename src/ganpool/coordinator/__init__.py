@@ -1,0 +1,3 @@
+from ganpool.coordinator.coordinator import Coordinator
+
+__all__ = ["Coordinator"]

@@ -1,0 +1,394 @@
+"""The coordinator: issue work units, collect results, step both networks, publish versions.
+
+Protocol (see docs/protocol.md). Rows each party writes, and in which transaction:
+
+* Start: take a session advisory lock on the run (one coordinator per run). If no version
+  exists, publish version 0 (seeded init) and issue its units, in one transaction.
+  Otherwise reload the newest weights and Adam state from the database and carry on.
+* Workers (see ganpool.worker) claim a unit (`FOR UPDATE SKIP LOCKED`, lease on the
+  server's clock), heartbeat, and submit: result row + payload + unit 'submitted' + NOTIFY
+  `ganpool_results`, in one transaction.
+* Each tick, in ONE transaction holding the run's row lock:
+    1. put units whose lease expired back to 'pending' (they are reissued as they are);
+    2. when N results for the current version v are in (or the step deadline has passed
+       with at least one), validate each payload, reject the bad ones (reason recorded,
+       images back to the epoch), average the rest weighted by their units' sample counts,
+       take the Adam step for G and D, and write version v+1: weights, Adam state,
+       contributions (UNIQUE per unit: applied at most once), step metrics, epoch counts;
+       delete the applied payloads; cancel units of v that did not make it (their images
+       go back to the epoch; their late results are rejected as stale); prune old weights;
+       store a sample grid every K steps;
+    3. issue the units of the new version from the epoch permutation, and NOTIFY
+       `ganpool_version`. Workers wake at commit.
+  A crash anywhere before commit leaves the database at version v with nothing applied;
+  in-memory state is then reloaded from the database, so nothing is applied twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ganpool.errors import GanpoolError, PayloadError
+from ganpool.evaluation.grid import sample_grid
+from ganpool.protocol.schedule import EpochState, plan_units, sample_seed
+from ganpool.runs import Run
+from ganpool.serialization.tensors import manifest_of, pack, unpack
+from ganpool.store import Store, connect
+from ganpool.training.gradients import result_manifest
+from ganpool.training.state import TrainingState, WeightedMean
+
+log = logging.getLogger(__name__)
+
+_LOCK_CLASS = 0x67616E70  # "ganp": advisory lock namespace for coordinator ownership
+MAX_PAYLOAD_FACTOR = 2  # a result may be at most this many times the model's fp32 size
+
+
+@dataclass
+class StepReport:
+    version: int
+    images: int
+    units: int
+    workers: int
+    rejected: int
+    g_loss: float
+    d_loss: float
+    d_real: float
+    d_fake: float
+    epochs: float
+    seconds: float
+
+
+class Coordinator:
+    def __init__(
+        self,
+        dsn: str,
+        run: Run,
+        out_dir: Path | None = None,
+        poll_s: float = 1.0,
+        on_step: Callable[[StepReport], None] | None = None,
+    ):
+        self.dsn, self.run, self.cfg = dsn, run, run.config
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.poll_s = poll_s
+        self.on_step = on_step
+        self.store = Store(connect(dsn))
+        self.state = TrainingState(self.cfg)
+        self.manifest = result_manifest(self.state.g, self.state.d)
+        fp32_bytes = sum(4 * torch.Size(shape).numel() for shape, _ in self.manifest.values())
+        self.max_payload = MAX_PAYLOAD_FACTOR * fp32_bytes + 65536
+        gen = torch.Generator().manual_seed(sample_seed(self.cfg.seed))
+        self.sample_noise = torch.randn(64, self.cfg.nz, generator=gen)
+        self.version = -1
+        self._acquire_ownership()
+
+    # -- start and resume ------------------------------------------------------------
+
+    def _acquire_ownership(self) -> None:
+        with self.store.conn.cursor() as cur:
+            cur.execute(
+                self.store._sql("try_coordinator_lock"), {"cls": _LOCK_CLASS, "run_id": self.run.id}
+            )
+            if not cur.fetchone()["locked"]:
+                self.store.close()
+                raise GanpoolError(
+                    f"another coordinator is already running run {self.run.name!r}; "
+                    "stop it first (only one coordinator per run)"
+                )
+
+    def start(self) -> None:
+        """Publish version 0, or reload the newest version and Adam state to resume."""
+        with self.store.tx():
+            row = self.store.one("lock_run", run_id=self.run.id)
+            if row["status"] in ("finished", "stopped"):
+                self.version = row["current_version"]
+                return
+            self.store.execute("start_run", run_id=self.run.id)
+            if row["current_version"] < 0:
+                self._publish(0, images=0, epochs=0.0)
+                self._issue_units(0, self.cfg.units_issued_per_step)
+                self.store.execute("notify_version", run_id=self.run.id, version=0)
+                self.version = 0
+                log.info("run %s: published version 0", self.run.name)
+                return
+        self._reload()
+        log.info("run %s: resumed at version %d", self.run.name, self.version)
+
+    def _reload(self) -> None:
+        """Make the in-memory model and optimiser exactly the database's newest version."""
+        self.state = TrainingState(self.cfg)
+        current = self.store.one_binary("current_weights", run_id=self.run.id)
+        if current is None:
+            raise GanpoolError(f"run {self.run.name!r} has no stored weights to resume from")
+        self.state.load_weights(unpack(current["weights"], manifest_of(self.state.weights())))
+        saved = self.store.one_binary("coordinator_state", run_id=self.run.id)
+        if saved is None or saved["version"] != current["version"]:
+            raise GanpoolError(f"run {self.run.name!r}: optimiser state does not match its weights")
+        optimizer = unpack(saved["optimizer"], manifest_of(self.state.optimizer_tensors()))
+        self.state.load_optimizer(optimizer)
+        self.version = current["version"]
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def serve(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Tick until the run ends; wake on NOTIFY from submissions, poll as a fallback."""
+        listener = connect(self.dsn)
+        try:
+            Store(listener).execute("listen_results")
+            self.start()
+            while not should_stop():
+                if self.tick():
+                    return
+                for _ in listener.notifies(timeout=self.poll_s, stop_after=1):
+                    pass
+        finally:
+            listener.close()
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection, which also gives up ownership of the run."""
+        self.store.close()
+
+    def tick(self) -> bool:
+        """One pass of the protocol; returns True when the run is over."""
+        try:
+            with self.store.tx():
+                return self._tick()
+        except Exception:
+            # The transaction rolled back: drop any in-memory step that did not commit.
+            self._reload()
+            raise
+
+    def _tick(self) -> bool:
+        run = self.store.one("lock_run", run_id=self.run.id)
+        if run["status"] in ("finished", "stopped"):
+            return True
+        if run["status"] != "running":
+            return False
+        expired = self.store.all("expire_leases", run_id=self.run.id)
+        if expired:
+            log.info("reissuing %d unit(s) whose lease expired", len(expired))
+        if self._limit_reached(run):
+            self._finish()
+            return True
+        v = run["current_version"]
+        waiting = self.store.one("count_waiting_results", run_id=self.run.id, version=v)["n"]
+        deadline = self.cfg.step_deadline_s
+        past_deadline = deadline > 0 and (run["version_age_s"] or 0) >= deadline
+        if waiting >= self.cfg.results_per_step or (past_deadline and waiting > 0):
+            self._step(v)
+            run = self.store.one("lock_run", run_id=self.run.id)
+            if self._limit_reached(run):
+                self._finish()
+                return True
+        # Top up the current version's units: after a step, or after rejections gave
+        # images back.
+        self._issue_units(run["current_version"], self.cfg.units_issued_per_step)
+        return False
+
+    def _limit_reached(self, run: dict) -> bool:
+        c = self.cfg
+        if c.max_steps and run["current_version"] >= c.max_steps:
+            return True
+        if c.max_seconds and float(run["running_s"] or 0) >= c.max_seconds:
+            return True
+        if c.max_epochs:
+            epochs = self.store.one("epochs_completed", run_id=self.run.id)["epochs"]
+            return epochs >= c.max_epochs - 1e-9
+        return False
+
+    def _finish(self) -> None:
+        self._cancel_stale(2**31 - 1, "the run ended before this result could be applied")
+        if self.version % self.cfg.sample_every:
+            self._store_sample(self.version)  # the final version's grid, always
+        self.store.execute("set_run_status", run_id=self.run.id, status="finished")
+        self.store.execute("notify_run_status", run_id=self.run.id)
+        log.info("run %s finished at version %d", self.run.name, self.version)
+
+    # -- one step ------------------------------------------------------------------------
+
+    def _step(self, v: int) -> None:
+        t0 = time.perf_counter()
+        results = self.store.all("waiting_results", run_id=self.run.id, version=v)
+        mean, accepted, rejected = WeightedMean(), [], 0
+        for r in results:
+            blob = self.store.blob("result_payload", "payload", result_id=r["id"])
+            try:
+                tensors = unpack(blob, self.manifest, max_bytes=self.max_payload)
+                _check_finite(tensors)
+            except PayloadError as e:
+                self._reject(r, str(e))
+                rejected += 1
+                continue
+            mean.add(tensors, float(r["samples"]))
+            accepted.append(r)
+        if not accepted:
+            return  # every result was refused; their images are back, units get reissued
+        self.state.apply(mean.mean())
+
+        new = v + 1
+        images = sum(r["samples"] for r in accepted)
+        for r in accepted:
+            self.store.execute(
+                "count_epoch_images", run_id=self.run.id, epoch=r["epoch"], images=r["samples"]
+            )
+        epochs = self.store.one("epochs_completed", run_id=self.run.id)["epochs"]
+        self._publish(new, images=images, epochs=epochs)
+        for r in accepted:
+            self.store.execute(
+                "apply_result",
+                run_id=self.run.id,
+                version=new,
+                result_id=r["id"],
+                weight=r["samples"] / images,
+            )
+            self.store.execute("delete_payload", result_id=r["id"])
+        report = StepReport(
+            version=new,
+            images=images,
+            units=len(accepted),
+            workers=len({r["worker_id"] for r in accepted}),
+            rejected=rejected,
+            epochs=epochs,
+            seconds=0.0,
+            **{
+                k: sum(r[k] * r["samples"] for r in accepted) / images
+                for k in ("g_loss", "d_loss", "d_real", "d_fake")
+            },
+        )
+        self.store.execute(
+            "insert_step_metrics",
+            run_id=self.run.id,
+            step=new,
+            g_loss=report.g_loss,
+            d_loss=report.d_loss,
+            d_real=report.d_real,
+            d_fake=report.d_fake,
+            workers=report.workers,
+            units=report.units,
+            images=images,
+            epoch=epochs,
+        )
+        self._cancel_stale(new)
+        self.store.execute("notify_version", run_id=self.run.id, version=new)
+        self.version = new
+        report.seconds = time.perf_counter() - t0
+        if self.on_step:
+            self.on_step(report)
+
+    def _reject(self, r: dict, reason: str) -> None:
+        log.warning("rejected result %d of worker %d: %s", r["id"], r["worker_id"], reason)
+        self.store.execute("reject_result", run_id=self.run.id, result_id=r["id"], reason=reason)
+        self.store.execute("delete_payload", result_id=r["id"])
+        self.store.execute("give_back", run_id=self.run.id, epoch=r["epoch"], indices=r["indices"])
+
+    def _cancel_stale(self, new: int, reason: str | None = None) -> None:
+        """Units of older versions that did not make their step give their images back;
+        results that arrived for them are rejected (the `reject` staleness policy)."""
+        for unit in self.store.all("cancel_stale_units", run_id=self.run.id, version=new):
+            self.store.execute(
+                "give_back", run_id=self.run.id, epoch=unit["epoch"], indices=unit["indices"]
+            )
+        for r in self.store.all("stale_results", run_id=self.run.id, version=new):
+            self._reject(
+                r,
+                reason
+                or f"stale: computed on version {r['version']} but the run moved on to version "
+                f"{new}; its images went back to the epoch",
+            )
+
+    def _publish(self, version: int, images: int, epochs: float) -> None:
+        c = self.cfg
+        milestone = bool(c.milestone_every and version % c.milestone_every == 0)
+        self.store.execute(
+            "insert_version",
+            run_id=self.run.id,
+            version=version,
+            images=images,
+            epoch=epochs,
+            is_milestone=milestone,
+        )
+        self.store.execute_binary(
+            "insert_weights",
+            run_id=self.run.id,
+            version=version,
+            weights=pack(self.state.weights()),
+        )
+        self.store.execute_binary(
+            "save_coordinator_state",
+            run_id=self.run.id,
+            version=version,
+            optimizer=pack(self.state.optimizer_tensors()),
+        )
+        self.store.execute("publish_version", run_id=self.run.id, version=version, images=images)
+        self.store.execute(
+            "prune_weights", run_id=self.run.id, keep_from=version - c.keep_versions + 1
+        )
+        if version % c.sample_every == 0:
+            self._store_sample(version)
+
+    def _store_sample(self, version: int) -> None:
+        png = sample_grid(self.state.g, self.sample_noise)
+        self.store.execute_binary("insert_sample", run_id=self.run.id, version=version, png=png)
+        if self.out_dir:
+            folder = self.out_dir / "samples"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"step_{version:06d}.png").write_bytes(png)
+
+    def _issue_units(self, version: int, count: int) -> None:
+        live = self.store.one("count_live_units", run_id=self.run.id, version=version)["n"]
+        count -= live
+        if count <= 0:
+            return
+        run = self.store.one("lock_run", run_id=self.run.id)
+        epochs = [
+            EpochState(e["epoch"], e["seed"], e["size"], e["cursor"], list(e["returned"]))
+            for e in self.store.all("open_epochs", run_id=self.run.id)
+        ]
+        before = {e.epoch for e in epochs}
+        last = self.store.one("last_epoch", run_id=self.run.id)["epoch"]
+        units = plan_units(
+            epochs,
+            0 if last is None else last + 1,
+            count,
+            self.cfg.unit_size,
+            self.cfg.seed,
+            self.run.dataset_size,
+            run["units_issued"],
+        )
+        for e in epochs:
+            if e.epoch not in before:
+                self.store.execute(
+                    "insert_epoch", run_id=self.run.id, epoch=e.epoch, seed=e.seed, size=e.size
+                )
+            self.store.execute(
+                "save_epoch",
+                run_id=self.run.id,
+                epoch=e.epoch,
+                cursor=e.cursor,
+                returned=e.returned,
+            )
+        for u in units:
+            self.store.execute(
+                "insert_unit",
+                run_id=self.run.id,
+                seq=u.seq,
+                version=version,
+                epoch=u.epoch,
+                indices=u.indices,
+                noise_seed=u.noise_seed,
+            )
+        self.store.execute(
+            "set_units_issued", run_id=self.run.id, units_issued=run["units_issued"] + len(units)
+        )
+
+
+def _check_finite(tensors: dict[str, torch.Tensor]) -> None:
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise PayloadError(f"tensor {name} holds NaN or infinite values")

@@ -1,0 +1,118 @@
+"""Datasets a run can train on, each with a fingerprint that every worker checks.
+
+Images come out as float32 tensors in [-1, 1], shape (C, S, S). A dataset is indexed by
+position; the run's work units name positions, so every worker must hold the same images
+in the same order: the fingerprint (a hash of the order-defining content) guarantees it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ganpool.errors import DatasetMismatch, GanpoolError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def to_tensor(img: Image.Image, size: int, channels: int) -> torch.Tensor:
+    """Resize the short side to `size`, centre-crop to size x size, scale to [-1, 1]."""
+    img = img.convert("L" if channels == 1 else "RGB")
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    arr = np.asarray(img, dtype=np.uint8).reshape(size, size, channels)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+class InMemoryImages:
+    """A dataset small enough to hold decoded: the built-in faces."""
+
+    def __init__(self, images: torch.Tensor, fingerprint: str):
+        self.images = images  # N x C x S x S in [-1, 1]
+        self.fingerprint = fingerprint
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def batch(self, indices: list[int]) -> torch.Tensor:
+        return self.images[torch.as_tensor(indices, dtype=torch.long)]
+
+
+def builtin_faces(size: int = 32, channels: int = 1) -> InMemoryImages:
+    """The 100 real LFW faces scikit-image ships (the first 100 of `lfw_subset`), no download."""
+    from skimage.data import lfw_subset
+
+    faces = (lfw_subset()[:100] * 255.0).round().astype(np.uint8)  # 100 x 25 x 25 grayscale
+    tensors = [to_tensor(Image.fromarray(face), size, channels) for face in faces]
+    images = torch.stack(tensors)
+    digest = hashlib.sha256(b"faces-v1|%d|%d|" % (size, channels))
+    digest.update(faces.tobytes())
+    return InMemoryImages(images, "faces-" + digest.hexdigest()[:16])
+
+
+class ImageFolder:
+    """Every image file under `root` in sorted relative-path order, decoded on demand.
+
+    Reads the CelebA `img_align_celeba/` layout (or the folder that contains it) as well as
+    any flat or nested folder of images.
+    """
+
+    def __init__(self, root: Path, size: int, channels: int):
+        root = Path(root)
+        if (root / "img_align_celeba").is_dir():
+            root = root / "img_align_celeba"
+        if not root.is_dir():
+            raise GanpoolError(f"dataset folder {root} does not exist; pass --data PATH")
+        self.root, self.size, self.channels = root, size, channels
+        self.files = sorted(
+            p.relative_to(root).as_posix()
+            for p in root.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+        if not self.files:
+            raise GanpoolError(
+                f"dataset folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+            )
+        digest = hashlib.sha256(b"folder-v1|%d|%d|" % (size, channels))
+        for name in self.files:
+            digest.update(name.encode() + b"|%d\n" % (root / name).stat().st_size)
+        self.fingerprint = "folder-" + digest.hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def batch(self, indices: list[int]) -> torch.Tensor:
+        out = []
+        for i in indices:
+            with Image.open(self.root / self.files[i]) as img:
+                out.append(to_tensor(img, self.size, self.channels))
+        return torch.stack(out)
+
+
+Dataset = InMemoryImages | ImageFolder
+
+
+def open_dataset(kind: str, size: int, channels: int, path: Path | None = None) -> Dataset:
+    if kind == "faces":
+        return builtin_faces(size, channels)
+    if kind == "folder":
+        if path is None:
+            raise GanpoolError("this run trains on an image folder: pass --data PATH")
+        return ImageFolder(path, size, channels)
+    raise GanpoolError(f"unknown dataset kind {kind!r}")
+
+
+def check_fingerprint(dataset: Dataset, expected: str, expected_size: int) -> None:
+    if dataset.fingerprint != expected or len(dataset) != expected_size:
+        raise DatasetMismatch(
+            f"local dataset ({dataset.fingerprint}, {len(dataset)} images) does not match the "
+            f"run's ({expected}, {expected_size} images): use the same files as the instructor"
+        )

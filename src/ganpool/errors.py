@@ -1,0 +1,17 @@
+"""Errors a user can cause. The CLI prints them as one line and exits non-zero."""
+
+
+class GanpoolError(Exception):
+    """Something the person running ganpool can fix; the message says what and how."""
+
+
+class ConfigError(GanpoolError):
+    """A setting has a bad value."""
+
+
+class DatasetMismatch(GanpoolError):
+    """The local dataset is not the one the run was created with."""
+
+
+class PayloadError(GanpoolError):
+    """A tensor payload is malformed or does not match the model."""

@@ -1,0 +1,64 @@
+"""Tensors on the wire: safetensors bytes, checked against an expected manifest. Never pickle.
+
+A manifest maps each tensor name to (shape, dtype). `unpack` refuses anything whose names,
+shapes or dtypes differ from it, whose size is over the limit, or that is not safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from ganpool.errors import PayloadError
+
+Manifest = dict[str, tuple[tuple[int, ...], torch.dtype]]
+
+
+def pack(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    return st_save({k: v.detach().contiguous() for k, v in tensors.items()}, metadata=metadata)
+
+
+def manifest_of(tensors: dict[str, torch.Tensor]) -> Manifest:
+    return {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}
+
+
+def read_metadata(blob: bytes) -> dict[str, str]:
+    """The string metadata of a safetensors blob, read from its JSON header only."""
+    if len(blob) < 8:
+        raise PayloadError("payload is not safetensors: shorter than its header")
+    (n,) = struct.unpack("<Q", blob[:8])
+    if n > len(blob) - 8:
+        raise PayloadError("payload is not safetensors: header length exceeds the payload")
+    try:
+        header = json.loads(blob[8 : 8 + n])
+    except ValueError:
+        raise PayloadError("payload is not safetensors: header is not JSON") from None
+    return dict(header.get("__metadata__") or {})
+
+
+def unpack(
+    blob: bytes, manifest: Manifest, max_bytes: int | None = None
+) -> dict[str, torch.Tensor]:
+    if max_bytes is not None and len(blob) > max_bytes:
+        raise PayloadError(f"payload of {len(blob)} bytes exceeds the limit of {max_bytes}")
+    try:
+        tensors = st_load(bytes(blob))
+    except Exception as e:  # safetensors raises its own error types for malformed input
+        raise PayloadError(f"payload is not valid safetensors: {e}") from None
+    missing = sorted(set(manifest) - set(tensors))
+    extra = sorted(set(tensors) - set(manifest))
+    if missing or extra:
+        raise PayloadError(
+            f"payload tensors differ from the model: missing {missing[:3]}, extra {extra[:3]}"
+        )
+    for name, (shape, dtype) in manifest.items():
+        t = tensors[name]
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            raise PayloadError(
+                f"tensor {name} is {t.dtype} {tuple(t.shape)}, expected {dtype} {shape}"
+            )
+    return tensors

@@ -1,0 +1,101 @@
+"""Connections and the `Store`: one psycopg connection, queries called by name."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from ganpool.errors import GanpoolError
+from ganpool.store.queries import named_queries
+
+
+def resolve_dsn(db: str | None) -> str:
+    """--db, else GANPOOL_DB, else "" (libpq then reads PGHOST, PGUSER, ... itself)."""
+    return db or os.environ.get("GANPOOL_DB", "")
+
+
+def describe_target(dsn: str) -> str:
+    """Where a connection string points, without its password."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "the database"
+    host = info.get("host") or os.environ.get("PGHOST") or "local socket"
+    return f"{info.get('dbname') or os.environ.get('PGDATABASE') or 'default'} on {host}"
+
+
+def connect(dsn: str, *, autocommit: bool = True, timeout: float = 10) -> psycopg.Connection:
+    try:
+        return psycopg.connect(
+            dsn,
+            autocommit=autocommit,
+            row_factory=dict_row,
+            connect_timeout=int(timeout),
+            application_name="ganpool",
+        )
+    except psycopg.OperationalError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "password authentication failed" in first:
+            hint = "check the password in your connection string"
+        elif "does not exist" in first:
+            hint = "check the database name, or ask the instructor for the right one"
+        else:
+            hint = "is the server running and reachable?"
+        raise GanpoolError(f"cannot connect to {describe_target(dsn)}: {first} ({hint})") from None
+
+
+class Store:
+    """A connection plus the named queries. Callers own transactions (`with store.tx():`)."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn = conn
+        self._queries = named_queries()
+
+    @classmethod
+    def open(cls, dsn: str) -> Store:
+        return cls(connect(dsn))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def tx(self):
+        return self.conn.transaction()
+
+    def _sql(self, name: str) -> str:
+        return self._queries[name]
+
+    def execute(self, query: str, /, **params: Any) -> int:
+        with self.conn.cursor() as cur:
+            cur.execute(self._sql(query), params)
+            return cur.rowcount
+
+    def all(self, query: str, /, **params: Any) -> list[dict[str, Any]]:
+        with self.conn.cursor() as cur:
+            cur.execute(self._sql(query), params)
+            return cur.fetchall()
+
+    def one(self, query: str, /, **params: Any) -> dict[str, Any] | None:
+        with self.conn.cursor() as cur:
+            cur.execute(self._sql(query), params)
+            return cur.fetchone()
+
+    def blob(self, query: str, column: str, /, **params: Any) -> bytes | None:
+        """Read one bytea value in binary format (no hex decoding)."""
+        with self.conn.cursor(binary=True) as cur:
+            cur.execute(self._sql(query), params)
+            row = cur.fetchone()
+        return None if row is None else row[column]
+
+    def one_binary(self, query: str, /, **params: Any) -> dict[str, Any] | None:
+        with self.conn.cursor(binary=True) as cur:
+            cur.execute(self._sql(query), params)
+            return cur.fetchone()
+
+    def execute_binary(self, query: str, /, **params: Any) -> dict[str, Any] | None:
+        """Execute with parameters sent in binary: a blob goes over as raw bytes."""
+        with self.conn.cursor(binary=True) as cur:
+            cur.execute(self._sql(query), params, binary=True)
+            return cur.fetchone() if cur.description else None

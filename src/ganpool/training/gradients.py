@@ -1,0 +1,85 @@
+"""One work unit's gradients: the computation every worker and `train-local` run.
+
+The update rule ("simultaneous"): on version v, with real images x and noise z,
+  D loss = BCE(D(x), 1) + BCE(D(G(z).detach()), 0)   -> gradients of D only
+  G loss = BCE(D(G(z)), 1), D frozen                  -> gradients of G only
+Both gradients are taken at version v, and the coordinator steps both networks at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ganpool.models.dcgan import Discriminator, Generator
+
+
+@dataclass
+class UnitResult:
+    tensors: dict[str, torch.Tensor]  # "grad.G.*", "grad.D.*", "buf.G.*", "buf.D.*"
+    g_loss: float
+    d_loss: float
+    d_real: float  # mean D(x), as a probability
+    d_fake: float  # mean D(G(z)) before D's update, as a probability
+
+
+def float_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    """BatchNorm running statistics (num_batches_tracked is unused with a fixed momentum)."""
+    return {k: v for k, v in module.named_buffers() if v.is_floating_point()}
+
+
+def unit_gradients(
+    g: Generator, d: Discriminator, real: torch.Tensor, noise_seed: int, nz: int
+) -> UnitResult:
+    g.train()
+    d.train()
+    g.zero_grad(set_to_none=True)
+    d.zero_grad(set_to_none=True)
+    b = real.shape[0]
+    ones, zeros = torch.ones(b), torch.zeros(b)
+    z = torch.randn(b, nz, generator=torch.Generator().manual_seed(noise_seed), device="cpu")
+    z = z.to(real.device)
+
+    fake = g(z)
+    # D phase: the fake batch is detached, so the D loss sends nothing into G.
+    out_real = d(real)
+    out_fake = d(fake.detach())
+    d_loss = F.binary_cross_entropy_with_logits(out_real, ones.to(real.device))
+    d_loss = d_loss + F.binary_cross_entropy_with_logits(out_fake, zeros.to(real.device))
+    d_loss.backward()
+    tensors = {f"grad.D.{n}": p.grad.detach().clone() for n, p in d.named_parameters()}
+    # D's statistics come from the D phase only: the G phase is not training D.
+    tensors |= {f"buf.D.{n}": t.clone() for n, t in float_buffers(d).items()}
+
+    # G phase through a frozen D: D's parameters receive nothing from the generator's loss.
+    d.requires_grad_(False)
+    try:
+        out_g = d(fake)
+        g_loss = F.binary_cross_entropy_with_logits(out_g, ones.to(real.device))
+        g_loss.backward()
+    finally:
+        d.requires_grad_(True)
+    tensors |= {f"grad.G.{n}": p.grad.detach().clone() for n, p in g.named_parameters()}
+    tensors |= {f"buf.G.{n}": t.clone() for n, t in float_buffers(g).items()}
+
+    return UnitResult(
+        tensors={k: v.cpu() for k, v in tensors.items()},
+        g_loss=g_loss.item(),
+        d_loss=d_loss.item(),
+        d_real=torch.sigmoid(out_real.detach()).mean().item(),
+        d_fake=torch.sigmoid(out_fake.detach()).mean().item(),
+    )
+
+
+def result_manifest(
+    g: Generator, d: Discriminator
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Names, shapes and dtypes a unit result must have for this model."""
+    m = {f"grad.G.{n}": (tuple(p.shape), p.dtype) for n, p in g.named_parameters()}
+    m |= {f"grad.D.{n}": (tuple(p.shape), p.dtype) for n, p in d.named_parameters()}
+    m |= {f"buf.G.{n}": (tuple(t.shape), t.dtype) for n, t in float_buffers(g).items()}
+    m |= {f"buf.D.{n}": (tuple(t.shape), t.dtype) for n, t in float_buffers(d).items()}
+    return m

@@ -1,0 +1,95 @@
+"""The trainable state of a run: both networks and their Adam optimisers.
+
+`TrainingState` is what the coordinator holds in memory and publishes after each step, and
+what `train-local` drives directly. Weights and optimiser moments serialise to safetensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ganpool.models.dcgan import Discriminator, Generator, build_models
+from ganpool.settings import RunConfig
+from ganpool.training.gradients import float_buffers
+
+
+class WeightedMean:
+    """A running, sample-weighted sum of result tensors; buffers allocated once and reused."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.weight = 0.0
+
+    def add(self, tensors: dict[str, torch.Tensor], weight: float) -> None:
+        for k, t in tensors.items():
+            if k in self.sums:
+                self.sums[k].add_(t, alpha=weight)
+            else:
+                self.sums[k] = t.to(torch.float32).mul(weight)
+        self.weight += weight
+
+    def mean(self) -> dict[str, torch.Tensor]:
+        return {k: v / self.weight for k, v in self.sums.items()}
+
+
+def load_weights(g: Generator, d: Discriminator, tensors: dict[str, torch.Tensor]) -> None:
+    g.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("G.")})
+    d.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("D.")})
+
+
+def weights_of(g: Generator, d: Discriminator) -> dict[str, torch.Tensor]:
+    out = {f"G.{k}": v for k, v in g.state_dict().items()}
+    out |= {f"D.{k}": v for k, v in d.state_dict().items()}
+    return out
+
+
+class TrainingState:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.g, self.d = build_models(cfg.model, cfg.seed)
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g, betas=betas)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=betas)
+        # Create Adam's state up front (as its first step would), so a saved optimiser always
+        # has the same tensor names and shapes, from version 0 on.
+        for _, p, opt in self._named():
+            opt.state[p] = {
+                "step": torch.tensor(0.0),
+                "exp_avg": torch.zeros_like(p),
+                "exp_avg_sq": torch.zeros_like(p),
+            }
+
+    def _named(self):
+        for prefix, net, opt in (("G", self.g, self.opt_g), ("D", self.d, self.opt_d)):
+            for name, p in net.named_parameters():
+                yield f"{prefix}.{name}", p, opt
+
+    def apply(self, mean: dict[str, torch.Tensor]) -> None:
+        """One Adam step on both networks from averaged gradients; adopt averaged BN stats."""
+        for key, p, _ in self._named():
+            p.grad = mean[f"grad.{key}"].to(p.dtype)
+        self.opt_g.step()
+        self.opt_d.step()
+        self.opt_g.zero_grad(set_to_none=True)
+        self.opt_d.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for prefix, net in (("G", self.g), ("D", self.d)):
+                for name, buf in float_buffers(net).items():
+                    buf.copy_(mean[f"buf.{prefix}.{name}"])
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return weights_of(self.g, self.d)
+
+    def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        load_weights(self.g, self.d, tensors)
+
+    def optimizer_tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for key, p, opt in self._named():
+            for field, value in opt.state.get(p, {}).items():
+                out[f"{key}.{field}"] = value
+        return out
+
+    def load_optimizer(self, tensors: dict[str, torch.Tensor]) -> None:
+        for key, p, opt in self._named():
+            opt.state[p] = {f: tensors[f"{key}.{f}"].clone() for f in opt.state[p]}

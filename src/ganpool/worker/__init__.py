@@ -1,0 +1,3 @@
+from ganpool.worker.worker import Worker, WorkerProgress
+
+__all__ = ["Worker", "WorkerProgress"]

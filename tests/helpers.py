@@ -1,0 +1,65 @@
+"""Shared test helpers: small runs, threads that run real coordinators and workers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from ganpool.coordinator import Coordinator
+from ganpool.data.datasets import builtin_faces
+from ganpool.runs import Run, create_run
+from ganpool.settings import load_run_config
+from ganpool.store import Store, connect
+from ganpool.worker import Worker
+
+
+def make_run(dsn: str, name: str = "t", **overrides) -> Run:
+    cfg = load_run_config(preset="small", overrides={"sample_every": 1000, **overrides})
+    store = Store(connect(dsn))
+    try:
+        return create_run(store, name, cfg, builtin_faces(cfg.image_size, cfg.channels))
+    finally:
+        store.close()
+
+
+class Threads:
+    """Run a coordinator and workers in threads, fail loudly, and always join them."""
+
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+
+    def start(self, target, *args) -> None:
+        def wrapped() -> None:
+            try:
+                target(*args)
+            except BaseException as e:
+                self.errors.append(e)
+
+        t = threading.Thread(target=wrapped, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        alive = [t for t in self.threads if t.is_alive()]
+        assert not alive, f"{len(alive)} thread(s) still running after {timeout}s"
+        if self.errors:
+            raise self.errors[0]
+
+
+def train_distributed(
+    dsn: str, run: Run, workers: int, timeout: float = 120, out: Path | None = None
+):
+    """Train `run` to its max_steps with a coordinator and `workers` workers, in threads."""
+    threads = Threads()
+    coordinator = Coordinator(dsn, run, out_dir=out, poll_s=0.2)
+    threads.start(coordinator.serve)
+    ws = [Worker(dsn, run, f"w{i}", device="cpu", poll_s=0.2) for i in range(workers)]
+    for w in ws:
+        threads.start(w.serve)
+    threads.join(timeout)
+    return coordinator, ws
