@@ -63,3 +63,63 @@ def train_distributed(
         threads.start(w.serve)
     threads.join(timeout)
     return coordinator, ws
+
+
+class FakeStudent:
+    """A worker driven step by step through the worker API (for protocol tests)."""
+
+    def __init__(self, dsn: str, run: Run, name: str):
+        from ganpool.models.dcgan import build_models
+
+        self.store = Store(connect(dsn))
+        self.run = run
+        self.id = self.store.one(
+            "register_worker", run_id=run.id, name=name, hostname="test", device="cpu"
+        )["worker_id"]
+        self.g, self.d = build_models(run.config.model, run.config.seed)
+        self.faces = builtin_faces(run.config.image_size, run.config.channels)
+
+    def claim(self) -> dict | None:
+        return self.store.one("claim_unit", worker_id=self.id)
+
+    def payload(self, unit: dict) -> dict:
+        """A genuine result for `unit`, computed on the weights of its version."""
+        from ganpool.serialization.tensors import manifest_of, pack, unpack
+        from ganpool.training.gradients import unit_gradients
+        from ganpool.training.state import load_weights, weights_of
+
+        blob = self.store.blob("weights_at", "weights", run_id=self.run.id, version=unit["version"])
+        load_weights(self.g, self.d, unpack(blob, manifest_of(weights_of(self.g, self.d))))
+        r = unit_gradients(
+            self.g,
+            self.d,
+            self.faces.batch(unit["indices"]),
+            unit["noise_seed"],
+            self.run.config.nz,
+        )
+        return {
+            "payload": pack(r.tensors),
+            "g_loss": r.g_loss,
+            "d_loss": r.d_loss,
+            "d_real": r.d_real,
+            "d_fake": r.d_fake,
+            "compute_seconds": 0.01,
+        }
+
+    def submit(self, unit: dict, **override) -> dict:
+        fields = self.payload(unit) | override
+        return self.store.execute_binary(
+            "submit_result",
+            worker_id=self.id,
+            unit_id=unit["unit_id"],
+            attempt=unit["attempt"],
+            **fields,
+        )
+
+    def rejections(self) -> list[str]:
+        return [
+            r["reason"] for r in self.store.all("worker_rejections", worker_id=self.id, after_id=0)
+        ]
+
+    def close(self) -> None:
+        self.store.close()

@@ -25,6 +25,12 @@ from ganpool.settings import load_run_config
 from ganpool.store import Store, connect, migrate
 
 
+def demo_data_dir() -> Path:
+    """Where the demo's server keeps its data: one fixed place, so that a server or data
+    left behind by a killed demo is found, stopped and wiped by the next one."""
+    return Path(os.environ.get("GANPOOL_DEMO_PGDATA", f"/tmp/ganpool-demo-pg-{os.getuid()}"))
+
+
 def _spawn(args: list[str], dsn: str, log_path: Path) -> subprocess.Popen:
     env = {**os.environ, "GANPOOL_DB": dsn, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
@@ -59,7 +65,7 @@ def run_demo(workers: int, steps: int, out: Path, db: str | None = None) -> dict
     started = time.monotonic()
     try:
         if db is None:
-            server = EmbeddedPostgres(Path("/tmp/ganpool-demo-pg"))
+            server = EmbeddedPostgres(demo_data_dir())
             db = server.start()
             print(f"started an embedded PostgreSQL server: {db}", flush=True)
         conn = connect(db)

@@ -1,0 +1,159 @@
+"""The `ganpool` command end to end, as separate processes with timeouts."""
+
+import json
+import os
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def ganpool(*args, env=None, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "ganpool", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _children_of_this_test_left():
+    me = psutil.Process()
+    return [p for p in me.children(recursive=True) if p.is_running()]
+
+
+def test_demo_writes_summary_and_samples_and_stops_everything(tmp_path):
+    pgdata = tmp_path / "pg"
+    out = tmp_path / "out"
+    r = ganpool(
+        "demo",
+        "--workers",
+        "2",
+        "--steps",
+        "5",
+        "--out",
+        str(out),
+        env={"GANPOOL_DEMO_PGDATA": str(pgdata)},
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    for key in (
+        "steps_completed",
+        "epochs_completed",
+        "images_processed",
+        "units_applied",
+        "units_rejected",
+        "wall_seconds",
+    ):
+        assert key in summary, key
+    assert summary["steps_completed"] == 5
+    assert summary["units_applied"] == 10  # small preset: N = 2 units of 25 per step
+    assert summary["images_processed"] == 250
+    assert summary["epochs_completed"] == pytest.approx(2.5)
+    assert isinstance(summary["epochs_completed"], float)
+    pngs = list((out / "samples").glob("*.png"))
+    assert pngs and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    # The embedded server and every process the demo started are gone.
+    assert not (pgdata / "postmaster.pid").exists()
+    assert not [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if str(pgdata) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not _children_of_this_test_left()
+
+
+def test_demo_against_an_existing_server(embedded_db, tmp_path):
+    r = ganpool(
+        "demo", "--workers", "1", "--steps", "2", "--out", str(tmp_path), "--db", embedded_db
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "summary.json").read_text())["steps_completed"] == 2
+
+
+def _one_line_error(r, *fragments):
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_unreachable_database_is_one_line():
+    r = ganpool("status", "--db", "postgresql://postgres@127.0.0.1:1/nope")
+    _one_line_error(r, "cannot connect to nope on 127.0.0.1")
+
+
+def test_wrong_password_is_one_line(embedded_server):
+    # The embedded server trusts local users; a missing database stands in for a bad login.
+    r = ganpool("status", "--db", embedded_server.url("no_such_db"))
+    _one_line_error(r, "cannot connect", "does not exist")
+
+
+def test_unmigrated_database_and_missing_run_are_one_line(empty_db, embedded_db):
+    _one_line_error(ganpool("status", "--db", empty_db), "ganpool db migrate")
+    _one_line_error(ganpool("status", "--db", embedded_db), "there is no run yet")
+    _one_line_error(
+        ganpool("status", "--db", embedded_db, "--run", "ghost"), "run 'ghost' does not exist"
+    )
+
+
+def test_bad_config_value_is_one_line(embedded_db):
+    r = ganpool("run", "create", "--db", embedded_db, "--set", "unit_size=-3")
+    _one_line_error(r, "'unit_size' = -3 is invalid")
+    r = ganpool("run", "create", "--db", embedded_db, "--set", "lr_g=fast")
+    _one_line_error(r, "'lr_g' must be float")
+
+
+def test_instructor_flow_and_mismatched_worker(embedded_db, tmp_path):
+    assert ganpool("db", "migrate", "--db", embedded_db).stdout.strip() == "schema is up to date"
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (80, 70), (i * 40, 0, 0)).save(folder / f"{i}.png")
+    r = ganpool(
+        "run",
+        "create",
+        "--db",
+        embedded_db,
+        "--run",
+        "c1",
+        "--preset",
+        "dcgan64",
+        "--data",
+        str(folder),
+        "--set",
+        "ngf=8",
+        "--set",
+        "ndf=8",
+        "--set",
+        "unit_size=2",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "created run 'c1'" in r.stdout
+    Image.new("RGB", (80, 70)).save(folder / "extra.png")
+    r = ganpool("worker", "--db", embedded_db, "--run", "c1", "--data", str(folder))
+    _one_line_error(r, "does not match the run's")
+    r = ganpool("status", "--db", embedded_db, "--run", "c1")
+    assert r.returncode == 0 and "run 'c1': created" in r.stdout
+
+
+def test_train_local_writes_grids_and_weights(tmp_path):
+    r = ganpool("train-local", "--steps", "3", "--set", "sample_every=2", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "step_000002.png",
+        "step_000003.png",
+    ]
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "weights.safetensors")
+    assert "G.main.0.weight" in weights and "D.main.0.weight" in weights

@@ -1,0 +1,167 @@
+"""The rules of the game, step by step: leases, staleness, validation, dataset checks."""
+
+import time
+
+import pytest
+
+from ganpool.coordinator import Coordinator
+from ganpool.errors import DatasetMismatch
+from ganpool.serialization.tensors import pack
+from ganpool.store import Store, connect
+from ganpool.worker import Worker
+from tests.helpers import FakeStudent, make_run
+
+
+def _q(dsn, sql, *args):
+    with connect(dsn) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def test_claims_are_exclusive_and_leases_use_the_servers_clock(db):
+    run = make_run(db, unit_size=10, results_per_step=3)
+    coordinator = Coordinator(db, run)
+    coordinator.start()
+    a, b = FakeStudent(db, run, "a"), FakeStudent(db, run, "b")
+    units = [a.claim(), b.claim(), a.claim()]
+    assert len({u["unit_id"] for u in units}) == 3
+    assert a.claim() is None  # only N = 3 units per version are issued
+    rows = _q(
+        db, "SELECT lease_expires_at - claimed_at AS lease FROM work_units WHERE state = 'claimed'"
+    )
+    assert all(r["lease"].total_seconds() == pytest.approx(60.0) for r in rows)
+    a.close(), b.close(), coordinator.close()
+
+
+def test_a_silent_worker_loses_its_unit_which_is_reissued_and_applied_once(db):
+    run = make_run(db, unit_size=10, results_per_step=1, lease_s=1.0)
+    coordinator = Coordinator(db, run)
+    coordinator.start()
+    silent, healthy = FakeStudent(db, run, "silent"), FakeStudent(db, run, "healthy")
+    lost = silent.claim()
+    assert healthy.claim() is None
+    time.sleep(1.3)  # no heartbeat: the lease runs out on the server's clock
+    coordinator.tick()  # sweeps expired leases
+    again = healthy.claim()
+    assert again["unit_id"] == lost["unit_id"] and again["attempt"] == lost["attempt"] + 1
+    assert healthy.submit(again)["accepted"]
+
+    late = silent.submit(lost)
+    assert not late["accepted"]
+    assert "lease lost" in late["reason"]
+    coordinator.tick()
+    assert coordinator.version == 1
+    applied = _q(db, "SELECT unit_id FROM version_contributions")
+    assert [r["unit_id"] for r in applied] == [lost["unit_id"]]
+    assert (
+        _q(db, "SELECT reissued FROM work_units WHERE id = %s", lost["unit_id"])[0]["reissued"] == 1
+    )
+    assert any("lease lost" in r for r in silent.rejections())
+    silent.close(), healthy.close(), coordinator.close()
+
+
+def test_heartbeats_keep_the_lease(db):
+    run = make_run(db, unit_size=10, results_per_step=1, lease_s=1.0)
+    coordinator = Coordinator(db, run)
+    coordinator.start()
+    a = FakeStudent(db, run, "a")
+    unit = a.claim()
+    for _ in range(4):
+        time.sleep(0.4)
+        assert a.store.one(
+            "heartbeat", worker_id=a.id, unit_id=unit["unit_id"], attempt=unit["attempt"]
+        )["holds"]
+        coordinator.tick()
+    assert a.submit(unit)["accepted"]
+    a.close(), coordinator.close()
+
+
+def test_a_late_result_is_rejected_with_its_reason_and_its_images_go_back(db):
+    run = make_run(db, unit_size=10, results_per_step=2, units_per_step=3)
+    coordinator = Coordinator(db, run)
+    coordinator.start()
+    students = [FakeStudent(db, run, n) for n in ("a", "b", "slow")]
+    units = [s.claim() for s in students]
+    for s, u in zip(students[:2], units[:2], strict=True):
+        assert s.submit(u)["accepted"]
+    coordinator.tick()  # N = 2 results in: step to version 1
+    assert coordinator.version == 1
+
+    late = students[2].submit(units[2])
+    assert not late["accepted"]
+    assert "stale: computed on version 0" in late["reason"]
+    assert "version 1" in late["reason"]
+    assert students[2].rejections() == [late["reason"]]
+    # The images went back to epoch 0 and the next version's first unit reissues them.
+    nxt = students[0].claim()
+    assert nxt["version"] == 1 and nxt["indices"] == units[2]["indices"]
+    for s in students:
+        s.close()
+    coordinator.close()
+
+
+def test_bad_payloads_are_rejected_with_reasons_never_applied(db):
+    run = make_run(db, unit_size=10, results_per_step=2)
+    coordinator = Coordinator(db, run)
+    coordinator.start()
+    good, bad = FakeStudent(db, run, "good"), FakeStudent(db, run, "bad")
+    u1, u2 = good.claim(), bad.claim()
+    genuine = bad.payload(u2)
+    import torch
+    from safetensors.torch import load
+
+    tensors = load(genuine["payload"])
+    tensors["grad.D.main.0.weight"][0, 0, 0, 0] = float("nan")
+    assert bad.submit(u2, payload=pack(tensors))["accepted"]  # accepted at the door...
+    assert good.submit(u1)["accepted"]
+    coordinator.tick()
+    # ...but never applied: the step used the good result only.
+    assert coordinator.version == 1
+    contributions = _q(db, "SELECT unit_id, weight FROM version_contributions")
+    assert contributions == [{"unit_id": u1["unit_id"], "weight": 1.0}]
+    assert "NaN or infinite" in bad.rejections()[0]
+    assert _q(db, "SELECT count(*) AS n FROM result_payloads")[0]["n"] == 0
+    reissued = good.claim()
+    assert reissued["version"] == 1 and reissued["indices"] == u2["indices"]
+    assert torch.isfinite(coordinator.state.weights()["D.main.0.weight"]).all()
+    good.close(), bad.close(), coordinator.close()
+
+
+def test_a_second_coordinator_is_refused(db):
+    from ganpool.errors import GanpoolError
+
+    run = make_run(db)
+    first = Coordinator(db, run)
+    with pytest.raises(GanpoolError, match="another coordinator is already running"):
+        Coordinator(db, run)
+    first.close()
+    Coordinator(db, run).close()  # free again once the first has gone
+
+
+def _folder(path, n, seed):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (path / "img_align_celeba").mkdir(parents=True)
+    for i in range(n):
+        arr = rng.integers(0, 255, size=(218, 178, 3), dtype=np.uint8)  # CelebA's aligned size
+        Image.fromarray(arr).save(path / "img_align_celeba" / f"{i + 1:06d}.jpg")
+    return path
+
+
+def test_a_worker_with_a_mismatched_dataset_refuses_to_start(db, tmp_path):
+    from ganpool.data.datasets import ImageFolder
+    from ganpool.runs import create_run
+    from ganpool.settings import load_run_config
+
+    mine = _folder(tmp_path / "instructor", 6, seed=1)
+    other = _folder(tmp_path / "student", 7, seed=2)
+    cfg = load_run_config(preset="dcgan64", overrides={"unit_size": 2, "ngf": 8, "ndf": 8})
+    store = Store(connect(db))
+    run = create_run(store, "celeba", cfg, ImageFolder(mine, 64, 3))
+    store.close()
+    with pytest.raises(DatasetMismatch, match="does not match the run's"):
+        Worker(db, run, "student", data_path=other)
+    w = Worker(db, run, "instructor-copy", data_path=mine)  # the same files are fine
+    assert len(w.dataset) == 6
+    assert w.dataset.batch([0, 5]).shape == (2, 3, 64, 64)
