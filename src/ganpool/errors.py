@@ -15,3 +15,7 @@ class DatasetMismatch(GanpoolError):
 
 class PayloadError(GanpoolError):
     """A tensor payload is malformed or does not match the model."""
+
+
+class DatabaseUnavailable(GanpoolError):
+    """The database cannot be reached (down, restarting, wrong address, refused login)."""

@@ -40,12 +40,14 @@ from ganpool.protocol.schedule import EpochState, plan_units, sample_seed
 from ganpool.runs import Run
 from ganpool.serialization.tensors import manifest_of, pack, unpack
 from ganpool.store import Store, connect
+from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff
 from ganpool.training.gradients import result_manifest
 from ganpool.training.state import TrainingState, WeightedMean
 
 log = logging.getLogger(__name__)
 
 _LOCK_CLASS = 0x67616E70  # "ganp": advisory lock namespace for coordinator ownership
+VACUUM_EVERY = 10  # steps between vacuums of the blob tables
 MAX_PAYLOAD_FACTOR = 2  # a result may be at most this many times the model's fp32 size
 
 
@@ -136,18 +138,35 @@ class Coordinator:
     # -- the loop ------------------------------------------------------------------------
 
     def serve(self, should_stop: Callable[[], bool] = lambda: False) -> None:
-        """Tick until the run ends; wake on NOTIFY from submissions, poll as a fallback."""
-        listener = connect(self.dsn)
+        """Tick until the run ends; wake on NOTIFY from submissions, poll as a fallback.
+        A lost database is retried with backoff; on reconnecting, ownership is re-taken and
+        the state reloaded from the newest committed version."""
+        backoff = Backoff()
         try:
-            Store(listener).execute("listen_results")
             self.start()
-            while not should_stop():
-                if self.tick():
+            while True:
+                listener = None
+                try:
+                    if self.store.conn.closed:
+                        self.store = Store(connect(self.dsn))
+                        self._acquire_ownership()
+                        self._reload()
+                    listener = connect(self.dsn)
+                    Store(listener).execute("listen_results")
+                    backoff.reset()
+                    while not should_stop():
+                        if self.tick():
+                            return
+                        for _ in listener.notifies(timeout=self.poll_s, stop_after=1):
+                            pass
                     return
-                for _ in listener.notifies(timeout=self.poll_s, stop_after=1):
-                    pass
+                except CONNECTION_ERRORS as e:
+                    self.store.close()
+                    backoff.wait(e)
+                finally:
+                    if listener is not None:
+                        listener.close()
         finally:
-            listener.close()
             self.close()
 
     def close(self) -> None:
@@ -156,13 +175,21 @@ class Coordinator:
 
     def tick(self) -> bool:
         """One pass of the protocol; returns True when the run is over."""
+        before = self.version
         try:
             with self.store.tx():
-                return self._tick()
+                over = self._tick()
         except Exception:
             # The transaction rolled back: drop any in-memory step that did not commit.
-            self._reload()
+            # (With the connection gone, serve() reloads after reconnecting.)
+            if not self.store.conn.broken and not self.store.conn.closed:
+                self._reload()
             raise
+        if self.version // VACUUM_EVERY != before // VACUUM_EVERY:
+            # Deleted payloads and pruned weights leave dead blobs behind; vacuuming them
+            # (outside the step's transaction) lets new blobs reuse that space.
+            self.store.execute("vacuum_blobs")
+        return over
 
     def _tick(self) -> bool:
         run = self.store.one("lock_run", run_id=self.run.id)

@@ -20,6 +20,7 @@ from pathlib import Path
 from ganpool.data.datasets import builtin_faces
 from ganpool.errors import GanpoolError
 from ganpool.local_demo.embedded import EmbeddedPostgres
+from ganpool.local_demo.supervise import die_with_parent, start_guardian
 from ganpool.runs import create_run
 from ganpool.settings import load_run_config
 from ganpool.store import Store, connect, migrate
@@ -33,13 +34,15 @@ def demo_data_dir() -> Path:
 
 def _spawn(args: list[str], dsn: str, log_path: Path) -> subprocess.Popen:
     env = {**os.environ, "GANPOOL_DB": dsn, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "ganpool", *args],
-        env=env,
-        stdout=log_path.open("w"),
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    with log_path.open("w") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "ganpool", *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
 
 
 def _stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
@@ -60,13 +63,15 @@ def run_demo(workers: int, steps: int, out: Path, db: str | None = None) -> dict
         raise GanpoolError("demo needs --workers >= 1 and --steps >= 1")
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
-    server = None
+    server = guardian = None
     procs: list[subprocess.Popen] = []
     started = time.monotonic()
+    previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if db is None:
             server = EmbeddedPostgres(demo_data_dir())
-            db = server.start()
+            db = server.start()  # also stops and wipes what a killed demo left there
+            guardian = start_guardian(server.data_dir)
             print(f"started an embedded PostgreSQL server: {db}", flush=True)
         conn = connect(db)
         migrate(conn)
@@ -139,6 +144,10 @@ def run_demo(workers: int, steps: int, out: Path, db: str | None = None) -> dict
         store.close()
         return summary
     finally:
+        signal.signal(signal.SIGTERM, previous_term)
         _stop_all(procs)
         if server is not None:
             server.destroy()
+        if guardian is not None:
+            guardian.terminate()
+            guardian.wait()

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from ganpool.errors import GanpoolError
+from ganpool.errors import DatabaseUnavailable
 from ganpool.store.queries import named_queries
 
 
@@ -44,7 +44,9 @@ def connect(dsn: str, *, autocommit: bool = True, timeout: float = 10) -> psycop
             hint = "check the database name, or ask the instructor for the right one"
         else:
             hint = "is the server running and reachable?"
-        raise GanpoolError(f"cannot connect to {describe_target(dsn)}: {first} ({hint})") from None
+        raise DatabaseUnavailable(
+            f"cannot connect to {describe_target(dsn)}: {first} ({hint})"
+        ) from None
 
 
 class Store:

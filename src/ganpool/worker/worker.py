@@ -37,6 +37,7 @@ from ganpool.models.dcgan import build_models
 from ganpool.runs import Run
 from ganpool.serialization.tensors import manifest_of, pack, unpack
 from ganpool.store import Store, connect
+from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff
 from ganpool.training.gradients import unit_gradients
 from ganpool.training.state import load_weights, weights_of
 
@@ -133,17 +134,18 @@ class Worker:
         self.store: Store | None = None
         self._stopping = threading.Event()
         self._seen_rejection = 0
+        self._unsent: tuple[dict, dict] | None = None
 
     def stop(self) -> None:
         """Ask the loop to end after the current unit (signal handlers call this)."""
         self._stopping.set()
 
     def serve(self) -> WorkerProgress:
+        """Work until the run ends (or `stop()`); ride out database restarts with backoff."""
         self.store = Store(connect(self.dsn))
-        listener = connect(self.dsn)
         heartbeat = None
+        backoff = Backoff()
         try:
-            Store(listener).execute("listen_versions")
             device_name = self.device.type
             if self.device.type == "cuda":
                 device_name = torch.cuda.get_device_name(self.device)
@@ -157,21 +159,43 @@ class Worker:
             heartbeat = Heartbeat(self.dsn, self.worker_id, max(0.2, self.cfg.lease_s / 3))
             heartbeat.start()
             self.progress.started = time.monotonic()
-            self._loop(listener, heartbeat)
+            while True:
+                listener = None
+                try:
+                    if self.store.conn.closed:
+                        self.store = Store(connect(self.dsn))
+                    listener = connect(self.dsn)
+                    Store(listener).execute("listen_versions")
+                    backoff.reset()
+                    self._loop(listener, heartbeat)
+                    return self.progress
+                except CONNECTION_ERRORS as e:
+                    self.store.close()
+                    backoff.wait(e)  # then reconnect, re-LISTEN and catch up
+                finally:
+                    if listener is not None:
+                        listener.close()
         finally:
             if heartbeat is not None:
                 heartbeat.stop()
-            if self.worker_id is not None:
-                try:
-                    self.store.one("leave_run", worker_id=self.worker_id)
-                except Exception as e:
-                    log.warning("could not leave the run cleanly: %s", e)
-            listener.close()
+            self._leave()
             self.store.close()
-        return self.progress
+
+    def _leave(self) -> None:
+        """Give back any claimed unit at once, so no unit waits for a lease to expire."""
+        if self.worker_id is None:
+            return
+        try:
+            if self.store.conn.closed:
+                self.store = Store(connect(self.dsn, timeout=3))
+            self.store.one("leave_run", worker_id=self.worker_id)
+        except Exception as e:
+            log.warning("could not leave the run cleanly (the lease will expire): %s", e)
 
     def _loop(self, listener, heartbeat: Heartbeat) -> None:
         store = self.store
+        if self._unsent is not None:
+            self._submit(*self._unsent)  # computed before the connection dropped
         while not self._stopping.is_set():
             state = store.one("run_state", run_id=self.run.id)
             if state["status"] in ("finished", "stopped"):
@@ -215,22 +239,27 @@ class Worker:
         t0 = time.perf_counter()
         real = self.dataset.batch(unit["indices"]).to(self.device)
         result = unit_gradients(self.g, self.d, real, unit["noise_seed"], self.cfg.nz)
-        compute_s = time.perf_counter() - t0
-        verdict = self.store.execute_binary(
-            "submit_result",
-            worker_id=self.worker_id,
-            unit_id=unit["unit_id"],
-            attempt=unit["attempt"],
-            payload=pack(result.tensors),
-            g_loss=result.g_loss,
-            d_loss=result.d_loss,
-            d_real=result.d_real,
-            d_fake=result.d_fake,
-            compute_seconds=compute_s,
-        )
+        fields = {
+            "worker_id": self.worker_id,
+            "unit_id": unit["unit_id"],
+            "attempt": unit["attempt"],
+            "payload": pack(result.tensors),
+            "g_loss": result.g_loss,
+            "d_loss": result.d_loss,
+            "d_real": result.d_real,
+            "d_fake": result.d_fake,
+            "compute_seconds": time.perf_counter() - t0,
+        }
+        # Kept until the database has answered: a reconnect resubmits it (idempotently).
+        self._unsent = (unit, fields)
+        self._submit(unit, fields)
+
+    def _submit(self, unit: dict, fields: dict) -> None:
+        verdict = self.store.execute_binary("submit_result", **fields)
+        self._unsent = None
         p = self.progress
         p.version = unit["version"]
-        p.compute_s += compute_s
+        p.compute_s += fields["compute_seconds"]
         if verdict["accepted"]:
             p.units += 1
             p.images += len(unit["indices"])

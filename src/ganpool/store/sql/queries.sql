@@ -318,3 +318,7 @@ LISTEN ganpool_results;
 -- listen_versions --
 -- Workers wake when a version is published or the run's status changes.
 LISTEN ganpool_version;
+
+-- vacuum_blobs --
+-- Make the space of deleted payloads and pruned weights reusable, so storage stays flat.
+VACUUM (SKIP_LOCKED) result_payloads, version_weights, coordinator_state, samples;

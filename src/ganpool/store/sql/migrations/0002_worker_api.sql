@@ -105,6 +105,11 @@ BEGIN
     ELSIF u.state = 'cancelled' THEN
         v_reason := format('stale: computed on version %s but the run moved on to version %s; '
                            'its images went back to the epoch', u.version, v_current);
+    ELSIF u.state IN ('submitted', 'applied') AND u.worker_id = p_worker_id
+          AND u.attempt = p_attempt THEN
+        -- A retry after a lost connection whose first try had committed: same answer.
+        RETURN QUERY SELECT true, 'already recorded'::text;
+        RETURN;
     ELSIF u.worker_id IS DISTINCT FROM p_worker_id OR u.attempt <> p_attempt THEN
         v_reason := format('lease lost: unit %s was reissued after your lease expired', u.id);
     ELSIF u.state <> 'claimed' THEN

@@ -1,0 +1,39 @@
+"""Riding out a database restart or a network cut: exponential backoff, bounded in time."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import psycopg
+
+from ganpool.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+# What a lost server looks like to a client: a refused or dropped connection.
+CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable)
+
+
+class Backoff:
+    """0.25 s, 0.5 s, 1 s, ... up to `cap`; gives up once `give_up_s` have passed."""
+
+    def __init__(self, first: float = 0.25, cap: float = 5.0, give_up_s: float = 600.0):
+        self.first, self.cap, self.give_up_s = first, cap, give_up_s
+        self.reset()
+
+    def reset(self) -> None:
+        self.delay = self.first
+        self.since: float | None = None
+
+    def wait(self, error: BaseException) -> None:
+        now = time.monotonic()
+        self.since = self.since or now
+        if now - self.since > self.give_up_s:
+            raise DatabaseUnavailable(
+                f"the database has been unreachable for {self.give_up_s:.0f}s, giving up: "
+                f"{str(error).strip().splitlines()[0] if str(error).strip() else error!r}"
+            ) from None
+        log.warning("database connection lost (%s); retrying in %.2fs", error, self.delay)
+        time.sleep(self.delay)
+        self.delay = min(self.cap, self.delay * 2)
