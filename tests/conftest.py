@@ -50,9 +50,19 @@ class Server:
         self.drop(self.template)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def embedded_server() -> Iterator[EmbeddedPostgres]:
-    pg = EmbeddedPostgres()
+    """PostgreSQL 18 that trusts its unix socket (the instructor, the tests) and asks every
+    TCP login for a SCRAM password (the students)."""
+    pg = EmbeddedPostgres(port=_free_port(), password_auth=True)
     pg.start()
     try:
         yield pg

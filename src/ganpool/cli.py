@@ -132,10 +132,13 @@ def cmd_worker(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.join:
+        args.db = args.join
     dsn, store = _store(args)
     run = find_run(store, args.run)
+    student = store.one("whoami")["name"]  # a student's name is their login's, always
     store.close()
-    name = args.name or f"{os.environ.get('USER', 'student')}@{socket.gethostname()}"
+    name = student or args.name or f"{os.environ.get('USER', 'student')}@{socket.gethostname()}"
 
     def on_unit(p) -> None:
         line = (
@@ -165,6 +168,34 @@ def cmd_worker(args) -> int:
         print(f"[{name}] interrupted: lease released, left the run", flush=True)
         return 130
     print(f"[{name}] done: {p.units} units, {p.images} images, {p.rejected} rejected", flush=True)
+    return 0
+
+
+def cmd_student(args) -> int:
+    from ganpool import students
+
+    _, store = _store(args)
+    if args.student_command == "add":
+        join = students.add_student(
+            store, args.name, args.host, args.port, args.sslmode, args.sslrootcert
+        )
+        print(f"student {args.name!r} added. Give them this join string (shown only once):")
+        print(f"\n  ganpool worker --join '{join}'\n")
+    elif args.student_command == "list":
+        rows = students.list_students(store)
+        print(f"{'student':<24} {'state':<9} {'trust':>5} {'units':>6}  last seen")
+        for r in rows:
+            seen = r["last_seen"].strftime("%Y-%m-%d %H:%M:%S") if r["last_seen"] else "never"
+            state = "disabled" if r["disabled"] else "enabled"
+            print(f"{r['name']:<24} {state:<9} {r['trust']:>5.2f} {r['units_applied']:>6}  {seen}")
+    else:
+        action = {
+            "disable": students.disable_student,
+            "enable": students.enable_student,
+            "remove": students.remove_student,
+        }[args.student_command]
+        action(store, args.name)
+        print(f"student {args.name!r}: {args.student_command}d")
     return 0
 
 
@@ -296,12 +327,31 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="join a run and compute work units")
     db_arg(w)
     run_arg(w)
-    w.add_argument("--name", help="your name on the leaderboard")
+    w.add_argument("--join", help="the join string your instructor gave you")
+    w.add_argument("--name", help="your name on the leaderboard (a student's is their login's)")
     w.add_argument("--data", type=Path, help="local copy of the run's image folder")
     w.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     w.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     w.add_argument("--max-units", type=int, default=0, help="leave after this many units")
     w.set_defaults(func=cmd_worker)
+
+    st = sub.add_parser("student", help="student logins (instructor only)").add_subparsers(
+        dest="student_command", required=True
+    )
+    a = st.add_parser("add", help="create a login and print its join string")
+    a.add_argument("name")
+    a.add_argument("--host", help="host students connect to (default: this connection's)")
+    a.add_argument("--port", type=int, help="port students connect to")
+    a.add_argument("--sslmode", help="e.g. verify-full (passed to the student's libpq)")
+    a.add_argument("--sslrootcert", help="CA file path on the student's machine")
+    db_arg(a)
+    a.set_defaults(func=cmd_student)
+    for action in ("list", "disable", "enable", "remove"):
+        a = st.add_parser(action, help=f"{action} student logins")
+        if action != "list":
+            a.add_argument("name")
+        db_arg(a)
+        a.set_defaults(func=cmd_student)
 
     s = sub.add_parser("status", help="a run's progress, leaderboard and recent losses")
     db_arg(s)
@@ -345,5 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose or not isinstance(e, psycopg.Error):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, psycopg.errors.InsufficientPrivilege):
+            print(f"ganpool: refused by the database: {first}", file=sys.stderr)
+            return 2
         print(f"ganpool: database error: {first} (run with -v for details)", file=sys.stderr)
         return 3

@@ -19,3 +19,7 @@ class PayloadError(GanpoolError):
 
 class DatabaseUnavailable(GanpoolError):
     """The database cannot be reached (down, restarting, wrong address, refused login)."""
+
+
+class LoginRefused(GanpoolError):
+    """The server refused this login (wrong password, disabled or removed): retrying won't help."""

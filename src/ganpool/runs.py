@@ -10,8 +10,10 @@ import psycopg
 
 from ganpool.data.datasets import Dataset
 from ganpool.errors import GanpoolError
+from ganpool.models.dcgan import build_models
 from ganpool.settings import RunConfig
 from ganpool.store import Store
+from ganpool.training.gradients import payload_limit, result_manifest
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class Run:
 
 
 def create_run(store: Store, name: str, cfg: RunConfig, dataset: Dataset) -> Run:
+    if not cfg.max_payload_bytes:  # the database enforces it at submission: store it explicit
+        g, d = build_models(cfg.model, cfg.seed)
+        cfg = cfg.replace(max_payload_bytes=payload_limit(result_manifest(g, d)))
     try:
         row = store.one(
             "insert_run",

@@ -17,6 +17,7 @@ from ganpool.models.dcgan import ModelConfig
 
 DATASETS = ("faces", "folder")
 STALENESS_POLICIES = ("reject",)
+AGGREGATIONS = ("mean", "clip", "trimmed_mean", "median")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,16 @@ class RunConfig:
     max_steps: int = 0
     max_epochs: float = 0.0
     max_seconds: float = 0.0
+    # defences against careless or malicious workers
+    max_payload_bytes: int = 0  # refuse bigger results; 0 = twice the model's fp32 gradients
+    norm_z_max: float = 6.0  # reject a result whose gradient norm has a robust z-score above
+    aggregation: str = "mean"  # "mean", "clip", "trimmed_mean" or "median"
+    trim_fraction: float = 0.25  # trimmed_mean: share dropped at each end, per coordinate
+    clip_factor: float = 2.0  # clip: cap each result's norm at this many times the median's
+    spot_check_rate: float = 0.0  # share of units also issued to a second worker
+    spot_check_cosine: float = 0.99  # twins agree when cosine >= this ...
+    spot_check_rel_norm: float = 0.05  # ... and their norms differ by at most this share
+    disable_below_trust: float = 0.0  # auto-disable a student whose trust falls below; 0 = never
     # outputs and storage
     sample_every: int = 10  # store a sample grid every this many steps
     keep_versions: int = 3  # weight versions kept besides milestones
@@ -126,6 +137,19 @@ def validate(c: RunConfig) -> None:
     for name in ("max_steps", "max_epochs", "max_seconds", "milestone_every"):
         v = getattr(c, name)
         _check(v >= 0, name, v, "must be >= 0 (0 means no limit)")
+    _check(c.max_payload_bytes >= 0, "max_payload_bytes", c.max_payload_bytes, "must be >= 0")
+    _check(c.norm_z_max >= 0, "norm_z_max", c.norm_z_max, "must be >= 0 (0 turns the check off)")
+    _check(c.aggregation in AGGREGATIONS, "aggregation", c.aggregation, f"one of {AGGREGATIONS}")
+    _check(0 <= c.trim_fraction < 0.5, "trim_fraction", c.trim_fraction, "must be in [0, 0.5)")
+    _check(c.clip_factor > 0, "clip_factor", c.clip_factor, "must be > 0")
+    for name in (
+        "spot_check_rate",
+        "spot_check_cosine",
+        "spot_check_rel_norm",
+        "disable_below_trust",
+    ):
+        v = getattr(c, name)
+        _check(0 <= v <= 1, name, v, "must be between 0 and 1")
     _check(c.sample_every >= 1, "sample_every", c.sample_every, "must be >= 1")
     _check(c.keep_versions >= 1, "keep_versions", c.keep_versions, "must be >= 1")
 

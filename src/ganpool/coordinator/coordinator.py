@@ -27,28 +27,32 @@ Protocol (see docs/protocol.md). Rows each party writes, and in which transactio
 from __future__ import annotations
 
 import logging
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ganpool.aggregation.robust import aggregate, compare, grad_norm, robust_z
 from ganpool.errors import GanpoolError, PayloadError
 from ganpool.evaluation.grid import sample_grid
-from ganpool.protocol.schedule import EpochState, plan_units, sample_seed
+from ganpool.protocol.schedule import EpochState, plan_units, sample_seed, spot_check_chosen
 from ganpool.runs import Run
 from ganpool.serialization.tensors import manifest_of, pack, unpack
 from ganpool.store import Store, connect
 from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff
-from ganpool.training.gradients import result_manifest
-from ganpool.training.state import TrainingState, WeightedMean
+from ganpool.training.gradients import payload_limit, result_manifest
+from ganpool.training.state import TrainingState
 
 log = logging.getLogger(__name__)
 
 _LOCK_CLASS = 0x67616E70  # "ganp": advisory lock namespace for coordinator ownership
+MIN_NORM_COHORT = 8  # the norm check needs at least this many norms to judge by
 VACUUM_EVERY = 10  # steps between vacuums of the blob tables
-MAX_PAYLOAD_FACTOR = 2  # a result may be at most this many times the model's fp32 size
+NORM_HISTORY = 64  # accepted gradient norms remembered for the norm check
 
 
 @dataclass
@@ -82,8 +86,8 @@ class Coordinator:
         self.store = Store(connect(dsn))
         self.state = TrainingState(self.cfg)
         self.manifest = result_manifest(self.state.g, self.state.d)
-        fp32_bytes = sum(4 * torch.Size(shape).numel() for shape, _ in self.manifest.values())
-        self.max_payload = MAX_PAYLOAD_FACTOR * fp32_bytes + 65536
+        self.max_payload = self.cfg.max_payload_bytes or payload_limit(self.manifest)
+        self.norm_history: deque[float] = deque(maxlen=NORM_HISTORY)
         gen = torch.Generator().manual_seed(sample_seed(self.cfg.seed))
         self.sample_noise = torch.randn(64, self.cfg.nz, generator=gen)
         self.version = -1
@@ -134,6 +138,8 @@ class Coordinator:
         optimizer = unpack(saved["optimizer"], manifest_of(self.state.optimizer_tensors()))
         self.state.load_optimizer(optimizer)
         self.version = current["version"]
+        recent = self.store.all("recent_norms", run_id=self.run.id, limit=NORM_HISTORY)
+        self.norm_history = deque((r["grad_norm"] for r in reversed(recent)), maxlen=NORM_HISTORY)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -204,10 +210,12 @@ class Coordinator:
             self._finish()
             return True
         v = run["current_version"]
-        waiting = self.store.one("count_waiting_results", run_id=self.run.id, version=v)["n"]
+        waiting = self.store.one("count_waiting_results", run_id=self.run.id, version=v)
         deadline = self.cfg.step_deadline_s
         past_deadline = deadline > 0 and (run["version_age_s"] or 0) >= deadline
-        if waiting >= self.cfg.results_per_step or (past_deadline and waiting > 0):
+        # N results in, and no spot check still being computed (unclaimed twins don't wait).
+        enough = waiting["n"] >= self.cfg.results_per_step and waiting["twins_computing"] == 0
+        if enough or (past_deadline and waiting["n"] > 0):
             self._step(v)
             run = self.store.one("lock_run", run_id=self.run.id)
             if self._limit_reached(run):
@@ -241,22 +249,20 @@ class Coordinator:
 
     def _step(self, v: int) -> None:
         t0 = time.perf_counter()
-        results = self.store.all("waiting_results", run_id=self.run.id, version=v)
-        mean, accepted, rejected = WeightedMean(), [], 0
-        for r in results:
-            blob = self.store.blob("result_payload", "payload", result_id=r["id"])
-            try:
-                tensors = unpack(blob, self.manifest, max_bytes=self.max_payload)
-                _check_finite(tensors)
-            except PayloadError as e:
-                self._reject(r, str(e))
-                rejected += 1
-                continue
-            mean.add(tensors, float(r["samples"]))
-            accepted.append(r)
+        rows = self.store.all("waiting_results", run_id=self.run.id, version=v)
+        accepted, rejected = self._screen(rows)
         if not accepted:
             return  # every result was refused; their images are back, units get reissued
-        self.state.apply(mean.mean())
+        self.state.apply(
+            aggregate(
+                [(tensors, float(r["samples"])) for r, tensors in accepted],
+                self.cfg.aggregation,
+                self.cfg.trim_fraction,
+                self.cfg.clip_factor,
+            )
+        )
+        accepted = [r for r, _ in accepted]
+        self.norm_history.extend(r["grad_norm"] for r in accepted)
 
         new = v + 1
         images = sum(r["samples"] for r in accepted)
@@ -280,7 +286,7 @@ class Coordinator:
             images=images,
             units=len(accepted),
             workers=len({r["worker_id"] for r in accepted}),
-            rejected=rejected,
+            rejected=len(rejected),
             epochs=epochs,
             seconds=0.0,
             **{
@@ -308,16 +314,102 @@ class Coordinator:
         if self.on_step:
             self.on_step(report)
 
+    def _screen(self, rows: list[dict]) -> tuple[list[tuple[dict, dict]], list[dict]]:
+        """Validate, norm-check and spot-check a step's results. Returns the results to apply
+        (with their tensors) and the rejected ones; every refusal is recorded with its reason."""
+        valid: dict[int, tuple[dict, dict]] = {}
+        rejected: list[dict] = []
+        for r in rows:
+            blob = self.store.blob("result_payload", "payload", result_id=r["id"])
+            try:
+                tensors = unpack(blob, self.manifest, max_bytes=self.max_payload)
+                _check_finite(tensors)
+            except PayloadError as e:
+                self._reject(r, str(e))
+                rejected.append(r)
+                continue
+            r["grad_norm"] = grad_norm(tensors)
+            self.store.execute("set_grad_norm", result_id=r["id"], grad_norm=r["grad_norm"])
+            valid[r["unit_id"]] = (r, tensors)
+
+        # Norm check: a result far from the cohort (recent history plus this step) is refused.
+        if self.cfg.norm_z_max:
+            reference = [*self.norm_history, *(r["grad_norm"] for r, _ in valid.values())]
+            if len(reference) >= MIN_NORM_COHORT:
+                median = statistics.median(reference)
+                for unit_id, (r, _) in list(valid.items()):
+                    z = robust_z(r["grad_norm"], reference)
+                    if z > self.cfg.norm_z_max:
+                        self._reject(
+                            r,
+                            f"gradient norm {r['grad_norm']:.4g} is {z:.1f} robust deviations "
+                            f"from the cohort's median {median:.4g} "
+                            f"(limit {self.cfg.norm_z_max:g})",
+                        )
+                        rejected.append(r)
+                        del valid[unit_id]
+
+        # Spot checks: a unit and its twin, computed by two workers, must agree.
+        for unit_id, (twin, twin_tensors) in list(valid.items()):
+            original_id = twin["twin_of"]
+            if original_id is None:
+                continue
+            del valid[unit_id]  # a twin is never applied itself: it only checks the original
+            if original_id not in valid:
+                self.store.execute("verify_result", result_id=twin["id"])
+                self.store.execute("delete_payload", result_id=twin["id"])
+                continue
+            original, tensors = valid[original_id]
+            cosine, rel_norm = compare(tensors, twin_tensors)
+            agreed = (
+                cosine >= self.cfg.spot_check_cosine and rel_norm <= self.cfg.spot_check_rel_norm
+            )
+            self.store.execute(
+                "record_spot_check",
+                run_id=self.run.id,
+                unit_id=original_id,
+                twin_id=unit_id,
+                worker_a=original["worker_id"],
+                worker_b=twin["worker_id"],
+                cosine=cosine,
+                rel_norm=rel_norm,
+                agreed=agreed,
+            )
+            for worker_id in {original["worker_id"], twin["worker_id"]}:
+                self.store.execute("update_trust", worker_id=worker_id, agreed=agreed)
+                if self.cfg.disable_below_trust:
+                    self.store.execute(
+                        "disable_untrusted", worker_id=worker_id, below=self.cfg.disable_below_trust
+                    )
+            if agreed:
+                self.store.execute("verify_result", result_id=twin["id"])
+                self.store.execute("delete_payload", result_id=twin["id"])
+            else:
+                reason = (
+                    f"spot check failed: two workers computed unit {original_id} and disagreed "
+                    f"(cosine {cosine:.3f}, norms differ by {rel_norm:.1%}); both results held out"
+                )
+                for r in (original, twin):
+                    self._reject(r, reason)
+                    rejected.append(r)
+                del valid[original_id]
+        return sorted(valid.values(), key=lambda rt: rt[0]["seq"]), rejected
+
     def _reject(self, r: dict, reason: str) -> None:
         log.warning("rejected result %d of worker %d: %s", r["id"], r["worker_id"], reason)
         self.store.execute("reject_result", run_id=self.run.id, result_id=r["id"], reason=reason)
         self.store.execute("delete_payload", result_id=r["id"])
-        self.store.execute("give_back", run_id=self.run.id, epoch=r["epoch"], indices=r["indices"])
+        if r.get("twin_of") is None:  # a twin's images are its original's, not the epoch's
+            self.store.execute(
+                "give_back", run_id=self.run.id, epoch=r["epoch"], indices=r["indices"]
+            )
 
     def _cancel_stale(self, new: int, reason: str | None = None) -> None:
         """Units of older versions that did not make their step give their images back;
         results that arrived for them are rejected (the `reject` staleness policy)."""
         for unit in self.store.all("cancel_stale_units", run_id=self.run.id, version=new):
+            if unit["twin_of"] is not None:
+                continue
             self.store.execute(
                 "give_back", run_id=self.run.id, epoch=unit["epoch"], indices=unit["indices"]
             )
@@ -401,7 +493,7 @@ class Coordinator:
                 returned=e.returned,
             )
         for u in units:
-            self.store.execute(
+            unit_id = self.store.one(
                 "insert_unit",
                 run_id=self.run.id,
                 seq=u.seq,
@@ -409,7 +501,9 @@ class Coordinator:
                 epoch=u.epoch,
                 indices=u.indices,
                 noise_seed=u.noise_seed,
-            )
+            )["id"]
+            if spot_check_chosen(self.cfg.seed, u.seq, self.cfg.spot_check_rate):
+                self.store.execute("insert_twin", unit_id=unit_id)
         self.store.execute(
             "set_units_issued", run_id=self.run.id, units_issued=run["units_issued"] + len(units)
         )

@@ -37,9 +37,13 @@ def _bin_dir() -> Path:
 
 
 class EmbeddedPostgres:
-    def __init__(self, data_dir: Path | None = None, port: int | None = None):
+    def __init__(
+        self, data_dir: Path | None = None, port: int | None = None, password_auth: bool = False
+    ):
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="ganpool-pg-", dir="/tmp"))
         self.port = port  # also listen on 127.0.0.1:port when given; the socket always
+        # TCP logins need a password (SCRAM) when set; the socket trusts local users.
+        self.password_auth = password_auth
         self.bin = _bin_dir()
         self.user = None
         if os.geteuid() == 0:
@@ -99,6 +103,12 @@ class EmbeddedPostgres:
                 "--encoding=UTF8",
                 "--no-sync",
             )
+            if self.password_auth:
+                (self.data_dir / "pg_hba.conf").write_text(
+                    "local all all trust\n"
+                    "host all all 127.0.0.1/32 scram-sha-256\n"
+                    "host all all ::1/128 scram-sha-256\n"
+                )
         listen = f"-h 127.0.0.1 -p {self.port}" if self.port else "-h ''"
         opts = (
             f"{listen} -k {self.data_dir} -c fsync=off -c synchronous_commit=off "
@@ -120,9 +130,9 @@ class EmbeddedPostgres:
         return self.url()
 
     def url(self, dbname: str = "postgres") -> str:
-        if self.port:
-            return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
-        return f"postgresql://postgres@/{dbname}?host={quote(str(self.data_dir), safe='')}"
+        """The superuser's URL, over the unix socket."""
+        port = f"&port={self.port}" if self.port else ""
+        return f"postgresql://postgres@/{dbname}?host={quote(str(self.data_dir), safe='')}{port}"
 
     def stop(self, mode: str = "fast") -> None:
         pid = self.running_pid()

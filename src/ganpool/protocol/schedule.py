@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
-_EPOCH_STREAM, _NOISE_STREAM, _SAMPLE_STREAM = 1, 2, 3
+_EPOCH_STREAM, _NOISE_STREAM, _SAMPLE_STREAM, _SPOT_STREAM = 1, 2, 3, 4
 
 
 def _seed(run_seed: int, stream: int, n: int) -> int:
@@ -32,6 +32,11 @@ def noise_seed(run_seed: int, unit_seq: int) -> int:
 def sample_seed(run_seed: int) -> int:
     """Fixed noise for sample grids, the same for every version."""
     return _seed(run_seed, _SAMPLE_STREAM, 0)
+
+
+def spot_check_chosen(run_seed: int, unit_seq: int, rate: float) -> bool:
+    """Whether a unit is also issued to a second worker: a fixed, unpredictable draw."""
+    return rate > 0 and _seed(run_seed, _SPOT_STREAM, unit_seq) / 2**62 < rate
 
 
 @lru_cache(maxsize=4)

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from ganpool.errors import DatabaseUnavailable
+from ganpool.errors import DatabaseUnavailable, LoginRefused
 from ganpool.store.queries import named_queries
 
 
@@ -38,9 +38,13 @@ def connect(dsn: str, *, autocommit: bool = True, timeout: float = 10) -> psycop
         )
     except psycopg.OperationalError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "password authentication failed" in first:
-            hint = "check the password in your connection string"
-        elif "does not exist" in first:
+        refused = ("password authentication failed", "not permitted to log in", 'FATAL:  role "')
+        if any(r in first for r in refused):
+            raise LoginRefused(
+                f"{describe_target(dsn)} refused the login: {first} (check the password or "
+                "join string; ask the instructor whether your access is still enabled)"
+            ) from None
+        if "does not exist" in first:
             hint = "check the database name, or ask the instructor for the right one"
         else:
             hint = "is the server running and reachable?"

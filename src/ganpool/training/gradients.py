@@ -83,3 +83,8 @@ def result_manifest(
     m |= {f"buf.G.{n}": (tuple(t.shape), t.dtype) for n, t in float_buffers(g).items()}
     m |= {f"buf.D.{n}": (tuple(t.shape), t.dtype) for n, t in float_buffers(d).items()}
     return m
+
+
+def payload_limit(manifest: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> int:
+    """Default size limit of a result: twice its fp32 tensors, plus room for the header."""
+    return 2 * sum(4 * torch.Size(shape).numel() for shape, _ in manifest.values()) + 65536

@@ -82,16 +82,23 @@ FROM epochs WHERE run_id = %(run_id)s;
 -- insert_unit --
 -- Issue one work unit for a version.
 INSERT INTO work_units (run_id, seq, version, epoch, indices, noise_seed)
-VALUES (%(run_id)s, %(seq)s, %(version)s, %(epoch)s, %(indices)s, %(noise_seed)s);
+VALUES (%(run_id)s, %(seq)s, %(version)s, %(epoch)s, %(indices)s, %(noise_seed)s)
+RETURNING id;
+
+-- insert_twin --
+-- Issue a spot check: the same unit again, for a different worker (no seq of its own).
+INSERT INTO work_units (run_id, seq, version, epoch, indices, noise_seed, twin_of)
+SELECT run_id, NULL, version, epoch, indices, noise_seed, id
+FROM work_units WHERE id = %(unit_id)s;
 
 -- set_units_issued --
 -- Advance the run's unit counter (the next unit's seq).
 UPDATE runs SET units_issued = %(units_issued)s WHERE id = %(run_id)s;
 
 -- count_live_units --
--- Units of a version still pending, claimed or submitted.
+-- Units of a version still pending, claimed or submitted (spot-check twins aside).
 SELECT count(*) AS n FROM work_units
-WHERE run_id = %(run_id)s AND version = %(version)s
+WHERE run_id = %(run_id)s AND version = %(version)s AND twin_of IS NULL
   AND state IN ('pending', 'claimed', 'submitted');
 
 -- expire_leases --
@@ -104,17 +111,23 @@ RETURNING id;
 -- waiting_results --
 -- Results submitted for a version and not yet decided, in unit order, locked.
 SELECT r.id, r.unit_id, r.worker_id, r.samples, r.g_loss, r.d_loss, r.d_real, r.d_fake,
-       u.epoch, u.indices
+       u.epoch, u.indices, u.twin_of, coalesce(u.seq, t.seq) AS seq
 FROM results AS r
 JOIN work_units AS u ON u.id = r.unit_id
+LEFT JOIN work_units AS t ON t.id = u.twin_of
 WHERE r.run_id = %(run_id)s AND r.version = %(version)s AND r.status = 'submitted'
-ORDER BY u.seq
+ORDER BY coalesce(u.seq, t.seq), u.twin_of NULLS FIRST
 FOR UPDATE OF r, u;
 
 -- count_waiting_results --
--- How many results for a version are waiting to be applied.
-SELECT count(*) AS n FROM results
-WHERE run_id = %(run_id)s AND version = %(version)s AND status = 'submitted';
+-- Results for a version waiting to be applied, and spot checks still being computed.
+SELECT
+    (SELECT count(*) FROM results AS r JOIN work_units AS u ON u.id = r.unit_id
+     WHERE r.run_id = %(run_id)s AND r.version = %(version)s AND r.status = 'submitted'
+       AND u.twin_of IS NULL) AS n,
+    (SELECT count(*) FROM work_units
+     WHERE run_id = %(run_id)s AND version = %(version)s AND twin_of IS NOT NULL
+       AND state = 'claimed') AS twins_computing;
 
 -- result_payload --
 -- One result's tensor payload (read with a binary cursor).
@@ -153,11 +166,11 @@ DELETE FROM result_payloads WHERE result_id = %(result_id)s;
 UPDATE work_units
 SET state = 'cancelled', lease_expires_at = NULL
 WHERE run_id = %(run_id)s AND version < %(version)s AND state IN ('pending', 'claimed')
-RETURNING id, epoch, indices;
+RETURNING id, epoch, indices, twin_of;
 
 -- stale_results --
 -- Results of older versions still waiting: they lost the race to form their step.
-SELECT r.id, r.worker_id, u.epoch, u.indices, r.version
+SELECT r.id, r.worker_id, u.epoch, u.indices, u.twin_of, r.version
 FROM results AS r JOIN work_units AS u ON u.id = r.unit_id
 WHERE r.run_id = %(run_id)s AND r.version < %(version)s AND r.status = 'submitted'
 FOR UPDATE OF r;
@@ -322,3 +335,80 @@ LISTEN ganpool_version;
 -- vacuum_blobs --
 -- Make the space of deleted payloads and pruned weights reusable, so storage stays flat.
 VACUUM (SKIP_LOCKED) result_payloads, version_weights, coordinator_state, samples;
+
+-- set_grad_norm --
+-- Record the gradient norm the coordinator measured on a result.
+UPDATE results SET grad_norm = %(grad_norm)s WHERE id = %(result_id)s;
+
+-- recent_norms --
+-- Gradient norms of the most recently applied results, for the norm check after a restart.
+SELECT grad_norm FROM results
+WHERE run_id = %(run_id)s AND status = 'applied' AND grad_norm IS NOT NULL
+ORDER BY id DESC LIMIT %(limit)s;
+
+-- verify_result --
+-- A spot-check twin that agreed (or lost its pair): done, never applied itself.
+WITH r AS (
+    UPDATE results SET status = 'verified', decided_at = now()
+    WHERE id = %(result_id)s AND status = 'submitted'
+    RETURNING unit_id
+)
+UPDATE work_units SET state = 'applied' FROM r WHERE work_units.id = r.unit_id;
+
+-- record_spot_check --
+-- The outcome of comparing a unit's two results.
+INSERT INTO spot_checks (run_id, unit_id, twin_id, worker_a, worker_b, cosine, rel_norm, agreed)
+VALUES (%(run_id)s, %(unit_id)s, %(twin_id)s, %(worker_a)s, %(worker_b)s, %(cosine)s,
+        %(rel_norm)s, %(agreed)s);
+
+-- update_trust --
+-- Halve a worker's trust on a failed spot check; recover slowly on agreement.
+UPDATE workers
+SET trust = CASE WHEN %(agreed)s THEN least(1.0, trust + 0.05) ELSE trust * 0.5 END
+WHERE id = %(worker_id)s;
+
+-- disable_untrusted --
+-- Disable the student behind a worker whose trust fell below the run's threshold.
+UPDATE students SET disabled = true, disabled_at = now()
+FROM workers AS w
+WHERE w.id = %(worker_id)s AND w.trust < %(below)s AND students.role_name = w.role_name
+  AND NOT students.disabled;
+
+-- add_student --
+-- Create a student's login role (from a SCRAM verifier) and their row.
+SELECT ganpool_student_add(%(name)s, %(verifier)s) AS role_name;
+
+-- disable_student --
+-- Refuse a student from their next call on, and close their login.
+SELECT ganpool_student_disable(%(name)s) AS role_name;
+
+-- enable_student --
+-- Let a disabled student back in.
+SELECT ganpool_student_enable(%(name)s) AS role_name;
+
+-- remove_student --
+-- Drop a student's login (their past work stays on the leaderboard).
+SELECT ganpool_student_remove(%(name)s) AS role_name;
+
+-- end_student_sessions --
+-- End a student's open connections, where this login has the right to.
+SELECT count(*) FILTER (WHERE pg_terminate_backend(a.pid)) AS ended
+FROM pg_stat_activity AS a JOIN students AS s ON s.role_name = a.usename
+WHERE s.name = %(name)s
+  AND (pg_has_role(current_user, 'pg_signal_backend', 'MEMBER')
+       OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user));
+
+-- list_students --
+-- Students, whether they may work, their trust and when they were last seen.
+SELECT s.name, s.role_name, s.disabled, s.created_at,
+       coalesce(min(w.trust), 1.0) AS trust,
+       max(w.last_heartbeat) AS last_seen,
+       (SELECT count(*) FROM version_contributions AS c JOIN workers AS w2 ON w2.id = c.worker_id
+        WHERE w2.role_name = s.role_name) AS units_applied
+FROM students AS s LEFT JOIN workers AS w ON w.role_name = s.role_name
+GROUP BY s.name, s.role_name, s.disabled, s.created_at
+ORDER BY s.name;
+
+-- whoami --
+-- The caller's student name ('' for the instructor or another non-student login).
+SELECT ganpool_whoami() AS name;

@@ -49,7 +49,7 @@ CREATE TABLE epochs (
 CREATE TABLE work_units (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     run_id            bigint NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-    seq               bigint NOT NULL,
+    seq               bigint,             -- issue order; NULL for a spot-check twin
     version           integer NOT NULL,   -- the weights this unit must be computed on
     epoch             integer NOT NULL,
     indices           integer[] NOT NULL CHECK (cardinality(indices) > 0),
@@ -60,10 +60,12 @@ CREATE TABLE work_units (
     worker_id         bigint REFERENCES workers (id),
     attempt           integer NOT NULL DEFAULT 0,   -- bumped by every claim
     reissued          integer NOT NULL DEFAULT 0,   -- leases that expired on this unit
+    twin_of           bigint REFERENCES work_units (id),  -- a spot check: same work, other worker
     claimed_at        timestamptz,
     lease_expires_at  timestamptz,
     created_at        timestamptz NOT NULL DEFAULT now(),
     UNIQUE (run_id, seq),
+    CHECK ((seq IS NULL) = (twin_of IS NOT NULL)),
     FOREIGN KEY (run_id, epoch) REFERENCES epochs (run_id, epoch)
 );
 -- Claiming and lease sweeps only ever look at the few live units: keep those lookups flat.
@@ -85,8 +87,9 @@ CREATE TABLE results (
     d_real           real,
     d_fake           real,
     compute_seconds  real,
+    grad_norm        real,   -- measured by the coordinator when it validates the payload
     status           text NOT NULL DEFAULT 'submitted'
-                     CHECK (status IN ('submitted', 'applied', 'rejected')),
+                     CHECK (status IN ('submitted', 'applied', 'verified', 'rejected')),
     submitted_at     timestamptz NOT NULL DEFAULT now(),
     decided_at       timestamptz
 );
@@ -110,6 +113,20 @@ CREATE TABLE rejections (
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX rejections_worker ON rejections (worker_id, id);
+
+-- Spot checks: a unit computed by two different workers, and whether they agreed.
+CREATE TABLE spot_checks (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id      bigint NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    unit_id     bigint NOT NULL REFERENCES work_units (id) ON DELETE CASCADE,
+    twin_id     bigint NOT NULL REFERENCES work_units (id) ON DELETE CASCADE,
+    worker_a    bigint NOT NULL REFERENCES workers (id),
+    worker_b    bigint NOT NULL REFERENCES workers (id),
+    cosine      double precision NOT NULL,
+    rel_norm    double precision NOT NULL,   -- |norm_a - norm_b| / max(norm_a, norm_b)
+    agreed      boolean NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
 
 CREATE TABLE versions (
     run_id        bigint NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
