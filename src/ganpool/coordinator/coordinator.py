@@ -375,6 +375,8 @@ class Coordinator:
                 rel_norm=rel_norm,
                 agreed=agreed,
             )
+            # Two workers disagreeing cannot tell who is wrong: both lose trust. Only a worker
+            # that has disagreed with two or more different peers can be disabled for it.
             for worker_id in {original["worker_id"], twin["worker_id"]}:
                 self.store.execute("update_trust", worker_id=worker_id, agreed=agreed)
                 if self.cfg.disable_below_trust:

@@ -362,17 +362,28 @@ VALUES (%(run_id)s, %(unit_id)s, %(twin_id)s, %(worker_a)s, %(worker_b)s, %(cosi
         %(rel_norm)s, %(agreed)s);
 
 -- update_trust --
--- Halve a worker's trust on a failed spot check; recover slowly on agreement.
+-- After a spot check: agreement restores a little trust, disagreement halves it.
 UPDATE workers
 SET trust = CASE WHEN %(agreed)s THEN least(1.0, trust + 0.05) ELSE trust * 0.5 END
 WHERE id = %(worker_id)s;
 
 -- disable_untrusted --
--- Disable the student behind a worker whose trust fell below the run's threshold.
+-- Disable a worker whose trust fell below the run's threshold after disagreeing with at
+-- least two different peers (one peer alone cannot say who was wrong), and its student.
+WITH w AS (
+    UPDATE workers SET disabled = true
+    WHERE id = %(worker_id)s AND trust < %(below)s AND NOT disabled
+      AND (SELECT count(DISTINCT CASE WHEN s.worker_a = %(worker_id)s THEN s.worker_b
+                                      ELSE s.worker_a END)
+           FROM spot_checks AS s
+           WHERE NOT s.agreed AND %(worker_id)s IN (s.worker_a, s.worker_b)) >= 2
+    RETURNING id, role_name
+), released AS (
+    UPDATE work_units SET state = 'pending', worker_id = NULL, lease_expires_at = NULL
+    FROM w WHERE work_units.worker_id = w.id AND work_units.state = 'claimed'
+)
 UPDATE students SET disabled = true, disabled_at = now()
-FROM workers AS w
-WHERE w.id = %(worker_id)s AND w.trust < %(below)s AND students.role_name = w.role_name
-  AND NOT students.disabled;
+FROM w WHERE students.role_name = w.role_name AND NOT students.disabled;
 
 -- add_student --
 -- Create a student's login role (from a SCRAM verifier) and their row.

@@ -31,7 +31,8 @@ CREATE TABLE students (
 
 -- Which login registered each worker: set by the database, never by the client.
 ALTER TABLE workers ADD COLUMN role_name name NOT NULL DEFAULT session_user;
-ALTER TABLE workers ADD COLUMN trust real NOT NULL DEFAULT 1.0;
+ALTER TABLE workers ADD COLUMN trust real NOT NULL DEFAULT 1.0;     -- spot-check record
+ALTER TABLE workers ADD COLUMN disabled boolean NOT NULL DEFAULT false;
 
 CREATE FUNCTION ganpool_is_instructor() RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
@@ -66,6 +67,10 @@ BEGIN
     IF w.role_name <> session_user AND NOT ganpool_is_instructor() THEN
         RAISE EXCEPTION 'worker % belongs to another login', p_worker_id
             USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF w.disabled THEN
+        RAISE EXCEPTION 'worker % has been disabled: its results kept failing spot checks',
+            p_worker_id USING ERRCODE = 'insufficient_privilege';
     END IF;
     RETURN w;
 END;
@@ -285,6 +290,10 @@ BEGIN
         RAISE EXCEPTION 'no student named %', p_name USING ERRCODE = 'no_data_found';
     END IF;
     EXECUTE format('ALTER ROLE %I NOLOGIN', v_role);
+    -- Their claimed units go back to the queue now rather than when the lease runs out.
+    UPDATE work_units SET state = 'pending', worker_id = NULL, lease_expires_at = NULL
+    WHERE state = 'claimed'
+      AND worker_id IN (SELECT id FROM workers WHERE role_name = v_role);
     RETURN v_role;
 END;
 $$;
