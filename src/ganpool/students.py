@@ -45,7 +45,8 @@ def join_string(
         netloc = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
     user = f"{quote(role, safe='')}:{quote(password, safe='')}"
     url = f"postgresql://{user}@{netloc}/{quote(dbname, safe='')}"
-    return url + ("?" + urlencode(query) if query else "")
+    # quote_via=quote: libpq decodes %XX but not "+" as a space.
+    return url + ("?" + urlencode(query, quote_via=quote, safe="") if query else "")
 
 
 def add_student(

@@ -34,6 +34,8 @@ class Backoff:
                 f"the database has been unreachable for {self.give_up_s:.0f}s, giving up: "
                 f"{str(error).strip().splitlines()[0] if str(error).strip() else error!r}"
             ) from None
-        log.warning("database connection lost (%s); retrying in %.2fs", error, self.delay)
+        log.warning(
+            "database connection lost or call failed (%s); retrying in %.2fs", error, self.delay
+        )
         time.sleep(self.delay)
         self.delay = min(self.cap, self.delay * 2)

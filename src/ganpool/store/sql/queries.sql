@@ -19,11 +19,13 @@ FROM runs WHERE name = %(name)s;
 SELECT name FROM runs ORDER BY id DESC LIMIT 1;
 
 -- lock_run --
--- Lock the run's row for the length of a coordinator transaction.
+-- Lock the run's row for the length of a coordinator transaction. NO KEY UPDATE, not
+-- UPDATE: submissions take KEY SHARE on it (their results' foreign key) and must not wait
+-- for a step, nor deadlock with one.
 SELECT id, status, current_version, units_issued, images_applied,
        extract(epoch FROM now() - version_started_at) AS version_age_s,
        extract(epoch FROM now() - started_at) AS running_s
-FROM runs WHERE id = %(run_id)s FOR UPDATE;
+FROM runs WHERE id = %(run_id)s FOR NO KEY UPDATE;
 
 -- start_run --
 -- Mark a run running (first start or resume after a coordinator restart).

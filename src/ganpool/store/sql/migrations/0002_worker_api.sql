@@ -54,13 +54,18 @@ END;
 $$;
 
 -- The worker row a call acts for, if the caller owns it (or is the instructor).
-CREATE FUNCTION ganpool_caller_worker(p_worker_id bigint) RETURNS workers
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+-- The row is locked, so a disable committed while this call waited is seen, not missed.
+-- Leaving and releasing stay allowed to a disabled worker: they only give work back.
+CREATE FUNCTION ganpool_caller_worker(p_worker_id bigint, p_leaving boolean DEFAULT false)
+RETURNS workers
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     w workers%ROWTYPE;
 BEGIN
-    PERFORM ganpool_assert_enabled();
-    SELECT * INTO w FROM workers WHERE id = p_worker_id;
+    IF NOT p_leaving THEN
+        PERFORM ganpool_assert_enabled();
+    END IF;
+    SELECT * INTO w FROM workers WHERE id = p_worker_id FOR NO KEY UPDATE;
     IF w.id IS NULL THEN
         RAISE EXCEPTION 'worker % is not registered', p_worker_id USING ERRCODE = 'no_data_found';
     END IF;
@@ -68,7 +73,7 @@ BEGIN
         RAISE EXCEPTION 'worker % belongs to another login', p_worker_id
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    IF w.disabled THEN
+    IF w.disabled AND NOT p_leaving THEN
         RAISE EXCEPTION 'worker % has been disabled: its results kept failing spot checks',
             p_worker_id USING ERRCODE = 'insufficient_privilege';
     END IF;
@@ -98,12 +103,17 @@ BEGIN
     PERFORM ganpool_assert_enabled();
     -- A student always appears under their own name: no one joins as someone else.
     SELECT name INTO v_student FROM students WHERE role_name = session_user;
-    p_name := coalesce(v_student, p_name);
+    -- Names are shown on leaderboards and terminals: no control characters, bounded length.
+    p_name := left(regexp_replace(coalesce(v_student, p_name), '[[:cntrl:]]', '', 'g'), 64);
+    IF p_name = '' THEN
+        p_name := 'anonymous';
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM runs WHERE id = p_run_id) THEN
         RAISE EXCEPTION 'run % does not exist', p_run_id USING ERRCODE = 'no_data_found';
     END IF;
     INSERT INTO workers (run_id, name, hostname, device, role_name)
-    VALUES (p_run_id, left(p_name, 64), left(p_hostname, 128), left(p_device, 128), session_user)
+    VALUES (p_run_id, p_name, left(regexp_replace(p_hostname, '[[:cntrl:]]', '', 'g'), 128),
+            left(regexp_replace(p_device, '[[:cntrl:]]', '', 'g'), 128), session_user)
     RETURNING id INTO v_id;
     RETURN v_id;
 END;
@@ -244,7 +254,7 @@ CREATE FUNCTION ganpool_release(p_worker_id bigint, p_unit_id bigint, p_attempt 
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 BEGIN
-    PERFORM ganpool_caller_worker(p_worker_id);
+    PERFORM ganpool_caller_worker(p_worker_id, true);
     UPDATE work_units
     SET state = 'pending', worker_id = NULL, lease_expires_at = NULL
     WHERE id = p_unit_id AND worker_id = p_worker_id AND attempt = p_attempt
@@ -257,7 +267,7 @@ CREATE FUNCTION ganpool_leave(p_worker_id bigint)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 BEGIN
-    PERFORM ganpool_caller_worker(p_worker_id);
+    PERFORM ganpool_caller_worker(p_worker_id, true);
     UPDATE work_units
     SET state = 'pending', worker_id = NULL, lease_expires_at = NULL
     WHERE worker_id = p_worker_id AND state = 'claimed';
