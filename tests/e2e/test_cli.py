@@ -157,3 +157,54 @@ def test_train_local_writes_grids_and_weights(tmp_path):
 
     weights = load_file(tmp_path / "weights.safetensors")
     assert "G.main.0.weight" in weights and "D.main.0.weight" in weights
+
+
+def test_a_student_joins_with_one_string_and_is_turned_away_once_disabled(
+    embedded_db, embedded_server, tmp_path
+):
+    import uuid
+
+    name = f"stu-{uuid.uuid4().hex[:6]}"
+    r = ganpool("run", "create", "--db", embedded_db, "--run", "cls", "--steps", "3")
+    assert r.returncode == 0, r.stderr
+    r = ganpool(
+        "student",
+        "add",
+        name,
+        "--db",
+        embedded_db,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(embedded_server.port),
+    )
+    assert r.returncode == 0, r.stderr
+    join = next(
+        line.split("--join ", 1)[1].strip().strip("'")
+        for line in r.stdout.splitlines()
+        if "--join" in line
+    )
+    with (tmp_path / "coordinator.log").open("w") as log:
+        coordinator = subprocess.Popen(
+            [sys.executable, "-m", "ganpool", "coordinator", "--db", embedded_db, "--run", "cls"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        w = ganpool("worker", "--join", join, "--run", "cls", "--threads", "1", timeout=120)
+        assert w.returncode == 0, w.stdout + w.stderr
+        assert f"[{name}] joined run 'cls'" in w.stdout
+        assert f"[{name}] done: 6 units" in w.stdout
+        assert coordinator.wait(timeout=60) == 0
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+            coordinator.wait()
+    status = ganpool("status", "--db", embedded_db, "--run", "cls").stdout
+    assert name in status and "finished" in status
+    listing = ganpool("student", "list", "--db", embedded_db).stdout
+    assert name in listing and "enabled" in listing
+    assert ganpool("student", "disable", name, "--db", embedded_db).returncode == 0
+    _one_line_error(ganpool("worker", "--join", join, "--run", "cls"), "refused the login")
+    assert ganpool("student", "remove", name, "--db", embedded_db).returncode == 0
+    _one_line_error(ganpool("worker", "--join", join, "--run", "cls"), "refused the login")
