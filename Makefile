@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/ganpool demo --workers 2 --steps 600 --out demo-out
 
 test: $(STAMP)
+	@test -x /usr/bin/chromium || apt-get install -y chromium >/dev/null  # browser tests
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest

@@ -145,6 +145,8 @@ def cmd_worker(args) -> int:
             f"[{name}] version {p.version} | units {p.units} | images {p.images} | "
             f"{p.images_per_s:.1f} img/s"
         )
+        if p.place:
+            line += f" | place {p.place} of {p.of_workers}"
         if p.rejected:
             line += f" | rejected {p.rejected}"
         print(line, flush=True)
@@ -265,6 +267,25 @@ def cmd_train_local(args) -> int:
     return 0
 
 
+def cmd_dashboard(args) -> int:
+    import uvicorn
+
+    from ganpool.dashboard.app import create_app
+    from ganpool.store.connection import resolve_dsn
+
+    _, store = _store(args)  # fail early, in one line, on a bad connection or schema
+    store.close()
+    password = os.environ.get("GANPOOL_DASHBOARD_PASSWORD") or None
+    app = create_app(resolve_dsn(args.db), args.control_db, password)
+    print(
+        f"dashboard on http://{args.host}:{args.port}/ "
+        f"({'instructor controls on' if password else 'read-only'})",
+        flush=True,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from ganpool.local_demo.demo import run_demo
 
@@ -363,6 +384,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="train-local-out", help="folder for grids and weights")
     t.add_argument("--threads", type=int, default=2, help="torch threads")
     t.set_defaults(func=cmd_train_local)
+
+    dash = sub.add_parser("dashboard", help="serve the live web page for the class")
+    db_arg(dash)
+    dash.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to let students open it")
+    dash.add_argument("--port", type=int, default=8000)
+    dash.add_argument(
+        "--control-db",
+        help="URL with instructor rights for the controls (default: --db); the controls "
+        "also need $GANPOOL_DASHBOARD_PASSWORD, which the instructor types to log in",
+    )
+    dash.set_defaults(func=cmd_dashboard)
 
     d = sub.add_parser("demo", help="coordinator + workers on an embedded PostgreSQL")
     d.add_argument("--workers", type=int, default=2)

@@ -50,6 +50,8 @@ class WorkerProgress:
     units: int = 0
     images: int = 0
     rejected: int = 0
+    place: int = 0  # on the run's leaderboard (0 = not ranked yet)
+    of_workers: int = 0
     compute_s: float = 0.0
     started: float = 0.0
     last_message: str = ""
@@ -276,5 +278,8 @@ class Worker:
             self._seen_rejection = r["id"]
             p.rejected += 1
             log.warning("unit %s rejected: %s", r["unit_id"], r["reason"])
+        standing = self.store.one("my_standing", worker_id=self.worker_id)
+        if standing:
+            p.place, p.of_workers = standing["place"], standing["of_workers"]
         if self.on_unit:
             self.on_unit(p)

@@ -425,3 +425,90 @@ ORDER BY s.name;
 -- whoami --
 -- The caller's student name ('' for the instructor or another non-student login).
 SELECT ganpool_whoami() AS name;
+
+-- my_standing --
+-- A worker's place on its run's leaderboard.
+SELECT place, of_workers, images FROM ganpool_my_standing(%(worker_id)s);
+
+-- list_runs --
+-- Every run, newest first (the dashboard's run picker).
+SELECT id, name, status, current_version, created_at FROM runs ORDER BY id DESC;
+
+-- dashboard_progress --
+-- The run's key figures: step, epochs, recent throughput, workers online, targets.
+SELECT r.name, r.status, greatest(r.current_version, 0) AS step, r.images_applied,
+       r.dataset_size, r.config, r.started_at, r.finished_at,
+       extract(epoch FROM coalesce(r.finished_at, now()) - r.started_at) AS running_s,
+       (SELECT coalesce(sum(images_applied::float8 / size), 0) FROM epochs
+        WHERE run_id = r.id) AS epochs,
+       (SELECT coalesce(sum(images), 0) FROM versions
+        WHERE run_id = r.id AND created_at > now() - interval '60 seconds') AS images_last_minute,
+       (SELECT count(*) FROM workers
+        WHERE run_id = r.id AND left_at IS NULL
+          AND last_heartbeat > now() - make_interval(secs => (r.config ->> 'lease_s')::float8))
+           AS workers_online
+FROM runs AS r WHERE r.name = %(run)s;
+
+-- dashboard_leaderboard --
+-- Per student (worker name): accepted images and units, rejections, share of updates, online.
+WITH accepted AS (
+    SELECT w.name, sum(c.samples) AS images, count(*) AS units
+    FROM version_contributions AS c JOIN workers AS w ON w.id = c.worker_id
+    WHERE c.run_id = %(run_id)s GROUP BY w.name
+), refused AS (
+    SELECT w.name, count(*) AS rejected,
+           (array_agg(j.reason ORDER BY j.id DESC))[1:3] AS reasons
+    FROM rejections AS j JOIN workers AS w ON w.id = j.worker_id
+    WHERE j.run_id = %(run_id)s GROUP BY w.name
+), presence AS (
+    SELECT name, bool_or(left_at IS NULL AND last_heartbeat > now() - interval '30 seconds')
+               AS online,
+           min(trust) AS trust
+    FROM workers WHERE run_id = %(run_id)s GROUP BY name
+), total AS (
+    SELECT greatest(count(*), 1) AS units FROM version_contributions WHERE run_id = %(run_id)s
+)
+SELECT p.name, coalesce(a.images, 0) AS images, coalesce(a.units, 0) AS units,
+       coalesce(f.rejected, 0) AS rejected, coalesce(f.reasons, '{}') AS reasons,
+       coalesce(a.units, 0)::float8 / (SELECT units FROM total) AS share,
+       p.online, p.trust
+FROM presence AS p
+LEFT JOIN accepted AS a ON a.name = p.name
+LEFT JOIN refused AS f ON f.name = p.name
+ORDER BY images DESC, p.name
+LIMIT %(limit)s;
+
+-- dashboard_metrics --
+-- Loss curves, averaged into at most max_points buckets of consecutive steps.
+WITH bucket AS (
+    SELECT greatest(1, ceil(count(*)::float8 / %(max_points)s))::int AS width
+    FROM step_metrics WHERE run_id = %(run_id)s
+)
+SELECT max(step) AS step, avg(g_loss) AS g_loss, avg(d_loss) AS d_loss,
+       avg(d_real) AS d_real, avg(d_fake) AS d_fake
+FROM step_metrics, bucket
+WHERE run_id = %(run_id)s
+GROUP BY (step - 1) / bucket.width
+ORDER BY 1;
+
+-- dashboard_sample_versions --
+-- Versions that have a stored sample grid.
+SELECT version FROM samples WHERE run_id = %(run_id)s ORDER BY version;
+
+-- dashboard_sample --
+-- One sample grid's PNG (read with a binary cursor).
+SELECT png FROM samples WHERE run_id = %(run_id)s AND version = %(version)s;
+
+-- dashboard_workers --
+-- Workers of the run: device, last heartbeat, current unit, recent images per second.
+SELECT w.id, w.name, w.device, w.hostname, w.last_heartbeat, w.left_at IS NULL AS present,
+       extract(epoch FROM now() - w.last_heartbeat) AS seconds_since_heartbeat,
+       (SELECT u.id FROM work_units AS u WHERE u.worker_id = w.id AND u.state = 'claimed'
+        LIMIT 1) AS current_unit,
+       (SELECT coalesce(sum(r.samples), 0) FROM results AS r
+        WHERE r.worker_id = w.id AND r.submitted_at > now() - interval '60 seconds')
+           / 60.0 AS images_per_s
+FROM workers AS w
+WHERE w.run_id = %(run_id)s AND (w.left_at IS NULL OR w.left_at > now() - interval '10 minutes')
+ORDER BY w.last_heartbeat DESC
+LIMIT %(limit)s;

@@ -275,6 +275,25 @@ BEGIN
 END;
 $$;
 
+-- Where a worker's student stands on the run's leaderboard (for `ganpool worker`'s line),
+-- without granting students read access to everyone's contributions.
+CREATE FUNCTION ganpool_my_standing(p_worker_id bigint)
+RETURNS TABLE (place bigint, of_workers bigint, images bigint)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+    WITH me AS (SELECT run_id, name FROM workers
+                WHERE id = p_worker_id AND (role_name = session_user OR ganpool_is_instructor())),
+    board AS (
+        SELECT w.name, coalesce(sum(c.samples), 0) AS images
+        FROM workers AS w LEFT JOIN version_contributions AS c ON c.worker_id = w.id
+        WHERE w.run_id = (SELECT run_id FROM me)
+        GROUP BY w.name
+    ), ranked AS (
+        SELECT name, images, rank() OVER (ORDER BY images DESC) AS place FROM board
+    )
+    SELECT place, (SELECT count(*) FROM board), images FROM ranked
+    WHERE name = (SELECT name FROM me)
+$$;
+
 -- Student logins: create, disable, remove. SECURITY INVOKER: the instructor's own
 -- CREATEROLE privilege does the work. Names are quoted by format(%I), the password
 -- (already a SCRAM verifier, hashed by the client) by format(%L).
@@ -350,7 +369,8 @@ GRANT EXECUTE ON FUNCTION
     ganpool_release(bigint, bigint, integer),
     ganpool_leave(bigint),
     ganpool_whoami(),
-    ganpool_my_workers()
+    ganpool_my_workers(),
+    ganpool_my_standing(bigint)
 TO ganpool_worker, ganpool_instructor;
 
 -- Workers read the run's configuration, published weights and their own rejections.
