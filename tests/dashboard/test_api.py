@@ -59,12 +59,26 @@ def test_series_are_downsampled_for_long_runs(live):
             "FROM generate_series(1, 10000) AS s",
             (run_id,),
         )
+        # ... and a class of 100 workers.
+        conn.execute(
+            "INSERT INTO workers (run_id, name, hostname, device) "
+            "SELECT %s, 'student' || w, 'lab', 'cpu' FROM generate_series(1, 100) AS w",
+            (run_id,),
+        )
     t0 = time.perf_counter()
     points = httpx.get(live["url"] + "/api/runs/long/metrics").json()
     elapsed = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    board = httpx.get(live["url"] + "/api/runs/long/leaderboard").json()
+    workers = httpx.get(live["url"] + "/api/runs/long/workers").json()
+    board_ms = (time.perf_counter() - t0) * 1000
+    assert len(board) == 100 and len(workers) == 100
     assert 300 <= len(points) <= 400 and points[-1]["step"] == 10000
     assert httpx.get(live["url"] + "/api/runs/long/metrics?points=50").json().__len__() <= 50
-    print(f"\n[dashboard] 10,000 steps -> {len(points)} points in {elapsed * 1000:.0f} ms")
+    print(
+        f"\n[dashboard] 10,000 steps -> {len(points)} points in {elapsed * 1000:.0f} ms; "
+        f"leaderboard + workers of 100 in {board_ms:.0f} ms"
+    )
 
 
 def test_controls_need_the_instructor(live):
