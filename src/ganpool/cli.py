@@ -267,6 +267,31 @@ def cmd_train_local(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from ganpool.export.model import export_generator
+    from ganpool.runs import find_run
+
+    _, store = _store(args)
+    run = find_run(store, args.run)
+    out = export_generator(store, run, Path(args.out), args.version)
+    print(f"wrote {out}/generator.safetensors, config.json, README.md and samples.png")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from ganpool.export.model import load_generator, sample_png
+
+    if not 1 <= args.n <= 1024:
+        raise ConfigError("--n must be between 1 and 1024")
+    g, cfg = load_generator(Path(args.model))
+    noise = torch.randn(args.n, cfg.nz, generator=torch.Generator().manual_seed(args.seed))
+    Path(args.out).write_bytes(sample_png(g, noise))
+    print(f"wrote {args.n} samples to {args.out}")
+    return 0
+
+
 def cmd_dashboard(args) -> int:
     import uvicorn
 
@@ -384,6 +409,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="train-local-out", help="folder for grids and weights")
     t.add_argument("--threads", type=int, default=2, help="torch threads")
     t.set_defaults(func=cmd_train_local)
+
+    ex = sub.add_parser("export", help="write the generator, its config, a model card and a grid")
+    db_arg(ex)
+    run_arg(ex)
+    ex.add_argument("--version", type=int, help="a kept version (default: the newest)")
+    ex.add_argument("--out", required=True, help="folder to write")
+    ex.set_defaults(func=cmd_export)
+
+    sa = sub.add_parser("sample", help="draw a grid of faces from an exported generator")
+    sa.add_argument("--model", required=True, help="folder (or .safetensors) from `export`")
+    sa.add_argument("--n", type=int, default=64)
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--out", default="grid.png")
+    sa.set_defaults(func=cmd_sample)
 
     dash = sub.add_parser("dashboard", help="serve the live web page for the class")
     db_arg(dash)

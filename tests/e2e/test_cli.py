@@ -208,3 +208,49 @@ def test_a_student_joins_with_one_string_and_is_turned_away_once_disabled(
     _one_line_error(ganpool("worker", "--join", join, "--run", "cls"), "refused the login")
     assert ganpool("student", "remove", name, "--db", embedded_db).returncode == 0
     _one_line_error(ganpool("worker", "--join", join, "--run", "cls"), "refused the login")
+
+
+def test_export_and_sample(embedded_db, tmp_path):
+    from tests.helpers import make_run, train_distributed
+
+    run = make_run(embedded_db, "takehome", max_steps=3, unit_size=10)
+    train_distributed(embedded_db, run, workers=1)
+    out = tmp_path / "model"
+    r = ganpool("export", "--db", embedded_db, "--run", "takehome", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    card = json.loads((out / "config.json").read_text())
+    assert card["steps"] == 3 and card["contributors"][0]["name"] == "w0"
+    assert card["model"] == {"image_size": 32, "channels": 1, "nz": 64, "ngf": 32, "ndf": 32}
+    assert "Contributors: w0 (60 images)" in (out / "README.md").read_text()
+    assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    r = ganpool(
+        "sample", "--model", str(out), "--n", "16", "--seed", "3", "--out", str(tmp_path / "a.png")
+    )
+    assert r.returncode == 0, r.stderr
+    ganpool(
+        "sample", "--model", str(out), "--n", "16", "--seed", "3", "--out", str(tmp_path / "b.png")
+    )
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()  # seeded
+    from PIL import Image
+
+    with Image.open(tmp_path / "a.png") as grid:  # 4 x 4 tiles of 32 px, 2 px borders, x2
+        assert grid.size == (2 * (4 * 34 + 2), 2 * (4 * 34 + 2))
+    _one_line_error(
+        ganpool(
+            "export",
+            "--db",
+            embedded_db,
+            "--run",
+            "takehome",
+            "--version",
+            "0",
+            "--out",
+            str(tmp_path / "old"),
+        ),
+        "is not kept",
+    )
+    (tmp_path / "bad.safetensors").write_bytes(b"not a model")
+    _one_line_error(
+        ganpool("sample", "--model", str(tmp_path / "bad.safetensors")),
+        "not a generator exported by ganpool",
+    )

@@ -97,7 +97,49 @@ class ImageFolder:
         return torch.stack(out)
 
 
-Dataset = InMemoryImages | ImageFolder
+class ZipImages:
+    """The images inside a zip (CelebA's `img_align_celeba.zip`), read without extracting.
+
+    Ordered and fingerprinted by their path inside the archive, with any leading
+    `img_align_celeba/` removed, so the zip and the extracted folder are the same dataset.
+    """
+
+    def __init__(self, path: Path, size: int, channels: int):
+        import zipfile
+
+        self.path, self.size, self.channels = Path(path), size, channels
+        try:
+            self.archive = zipfile.ZipFile(self.path)
+        except (FileNotFoundError, zipfile.BadZipFile) as e:
+            raise GanpoolError(f"cannot read {path} as a zip of images: {e}") from None
+        members = {}
+        for info in self.archive.infolist():
+            name = info.filename
+            if info.is_dir() or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            key = name.split("img_align_celeba/", 1)[-1]
+            members[key] = info
+        if not members:
+            raise GanpoolError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.files = sorted(members)
+        self._members = [members[k] for k in self.files]
+        digest = hashlib.sha256(b"folder-v1|%d|%d|" % (size, channels))
+        for name, info in zip(self.files, self._members, strict=True):
+            digest.update(name.encode() + b"|%d\n" % info.file_size)
+        self.fingerprint = "folder-" + digest.hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def batch(self, indices: list[int]) -> torch.Tensor:
+        out = []
+        for i in indices:
+            with self.archive.open(self._members[i]) as f, Image.open(f) as img:
+                out.append(to_tensor(img, self.size, self.channels))
+        return torch.stack(out)
+
+
+Dataset = InMemoryImages | ImageFolder | ZipImages
 
 
 def open_dataset(kind: str, size: int, channels: int, path: Path | None = None) -> Dataset:
@@ -106,6 +148,8 @@ def open_dataset(kind: str, size: int, channels: int, path: Path | None = None) 
     if kind == "folder":
         if path is None:
             raise GanpoolError("this run trains on an image folder: pass --data PATH")
+        if Path(path).suffix.lower() == ".zip":
+            return ZipImages(path, size, channels)
         return ImageFolder(path, size, channels)
     raise GanpoolError(f"unknown dataset kind {kind!r}")
 
