@@ -116,7 +116,7 @@ def cmd_coordinator(args) -> int:
         )
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    coordinator = Coordinator(dsn, run, out_dir=args.out, on_step=on_step)
+    coordinator = Coordinator(dsn, run, out_dir=args.out, on_step=on_step, data_path=args.data)
     coordinator.serve()
     print(f"run {run.name!r} ended at version {coordinator.version}")
     return 0
@@ -267,6 +267,55 @@ def cmd_train_local(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from ganpool.data.datasets import check_fingerprint, open_dataset
+    from ganpool.evaluation.quality import InceptionFeatures, generator_quality
+
+    torch.set_num_threads(args.threads)
+    features = InceptionFeatures()  # fail early, in one line, without the metrics extra
+    store = None
+    if args.model:
+        from ganpool.export.model import load_generator
+
+        g, model = load_generator(Path(args.model))
+        kind = args.dataset or ("folder" if args.data else "faces")
+        dataset = open_dataset(kind, model.image_size, model.channels, args.data)
+        nz, label = model.nz, str(args.model)
+    else:
+        from ganpool.models.dcgan import build_models
+        from ganpool.runs import find_run
+        from ganpool.serialization.tensors import manifest_of, unpack
+        from ganpool.training.state import load_weights, weights_of
+
+        _, store = _store(args)
+        run = find_run(store, args.run)
+        cfg = run.config
+        version = args.version
+        if version is None:
+            version = store.one("run_state", run_id=run.id)["current_version"]
+        blob = store.blob("weights_at", "weights", run_id=run.id, version=version)
+        if blob is None:
+            raise GanpoolError(f"version {version} of run {run.name!r} is not kept")
+        g, d = build_models(cfg.model, cfg.seed)
+        load_weights(g, d, unpack(blob, manifest_of(weights_of(g, d))))
+        dataset = open_dataset(cfg.dataset, cfg.image_size, cfg.channels, args.data)
+        check_fingerprint(dataset, run.fingerprint, run.dataset_size)
+        nz, label = cfg.nz, f"run {run.name!r} version {version}"
+    n_real = min(len(dataset), args.real)
+    picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:n_real]
+    real = dataset.batch(picks.tolist())
+    q = generator_quality(g, real, nz, n_fake=args.n, seed=args.seed, features=features)
+    print(
+        f"{label}: KID {q.kid:.4f} ± {q.kid_std:.4f}, FID {q.fid:.1f} "
+        f"({q.n_real} real and {q.n_fake} generated images)"
+    )
+    if store is not None:
+        store.execute("insert_quality", run_id=run.id, version=version, **q.as_dict())
+    return 0
+
+
 def cmd_export(args) -> int:
     from ganpool.export.model import export_generator
     from ganpool.runs import find_run
@@ -368,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_arg(co)
     co.add_argument("--out", type=Path, help="also write sample grids here")
     co.add_argument("--threads", type=int, default=1, help="torch threads")
+    co.add_argument("--data", type=Path, help="the run's image folder, for quality_every")
     co.set_defaults(func=cmd_coordinator)
 
     w = sub.add_parser("worker", help="join a run and compute work units")
@@ -409,6 +459,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="train-local-out", help="folder for grids and weights")
     t.add_argument("--threads", type=int, default=2, help="torch threads")
     t.set_defaults(func=cmd_train_local)
+
+    ev = sub.add_parser("evaluate", help="KID and FID of a run's generator or an exported one")
+    db_arg(ev)
+    run_arg(ev)
+    ev.add_argument("--version", type=int, help="a kept version (default: the newest)")
+    ev.add_argument("--model", help="an exported generator instead of a run")
+    ev.add_argument("--dataset", choices=["faces", "folder"], help="with --model")
+    ev.add_argument("--data", type=Path, help="image folder or zip of the dataset")
+    ev.add_argument("--n", type=int, default=500, help="generated images")
+    ev.add_argument("--real", type=int, default=10000, help="real images at most")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--threads", type=int, default=2)
+    ev.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser("export", help="write the generator, its config, a model card and a grid")
     db_arg(ex)

@@ -58,6 +58,10 @@ class RunConfig:
     spot_check_rel_norm: float = 0.05  # ... and their norms differ by at most this share
     disable_below_trust: float = 0.0  # auto-disable a student whose trust falls below; 0 = never
     # outputs and storage
+    quality_every: int = (
+        0  # measure KID/FID every this many steps (needs ganpool[metrics]); 0 = off
+    )
+    quality_samples: int = 200  # generated images per measurement
     sample_every: int = 10  # store a sample grid every this many steps
     keep_versions: int = 3  # weight versions kept besides milestones
     milestone_every: int = 0  # also keep every this many versions; 0 = none
@@ -150,6 +154,8 @@ def validate(c: RunConfig) -> None:
     ):
         v = getattr(c, name)
         _check(0 <= v <= 1, name, v, "must be between 0 and 1")
+    _check(c.quality_every >= 0, "quality_every", c.quality_every, "must be >= 0 (0 = off)")
+    _check(2 <= c.quality_samples <= 50000, "quality_samples", c.quality_samples, "2 to 50000")
     _check(c.sample_every >= 1, "sample_every", c.sample_every, "must be >= 1")
     _check(c.keep_versions >= 1, "keep_versions", c.keep_versions, "must be >= 1")
 

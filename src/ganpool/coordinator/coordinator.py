@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from ganpool.aggregation.robust import aggregate, compare, grad_norm, robust_z
+from ganpool.data.datasets import check_fingerprint, open_dataset
 from ganpool.errors import GanpoolError, PayloadError
 from ganpool.evaluation.grid import sample_grid
 from ganpool.protocol.schedule import EpochState, plan_units, sample_seed, spot_check_chosen
@@ -78,6 +79,7 @@ class Coordinator:
         out_dir: Path | None = None,
         poll_s: float = 1.0,
         on_step: Callable[[StepReport], None] | None = None,
+        data_path: Path | None = None,
     ):
         self.dsn, self.run, self.cfg = dsn, run, run.config
         self.out_dir = Path(out_dir) if out_dir else None
@@ -91,6 +93,8 @@ class Coordinator:
         gen = torch.Generator().manual_seed(sample_seed(self.cfg.seed))
         self.sample_noise = torch.randn(64, self.cfg.nz, generator=gen)
         self.version = -1
+        self.data_path = data_path  # only for the quality metric (the coordinator trains blind)
+        self._quality = None  # (Inception features, the real images' features), made on first use
         self._acquire_ownership()
 
     # -- start and resume ------------------------------------------------------------
@@ -175,6 +179,39 @@ class Coordinator:
         finally:
             self.close()
 
+    def _measure_quality(self) -> None:
+        """KID/FID of the current generator against the run's images, stored per version."""
+        from ganpool.evaluation.quality import InceptionFeatures, generator_quality
+
+        try:
+            if self._quality is None:
+                dataset = open_dataset(
+                    self.cfg.dataset, self.cfg.image_size, self.cfg.channels, self.data_path
+                )
+                check_fingerprint(dataset, self.run.fingerprint, self.run.dataset_size)
+                n = min(len(dataset), self.cfg.quality_samples)
+                features = InceptionFeatures()
+                picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
+                self._quality = (features, features(dataset.batch(picks[:n].tolist())))
+        except GanpoolError as e:
+            log.warning("quality_every is set but the metric cannot run: %s", e)
+            self.cfg = self.cfg.replace(quality_every=0)
+            return
+        features, real = self._quality
+        q = generator_quality(
+            self.state.g,
+            None,
+            self.cfg.nz,
+            self.cfg.quality_samples,
+            self.cfg.seed,
+            features=features,
+            real_features=real,
+        )
+        self.store.execute(
+            "insert_quality", run_id=self.run.id, version=self.version, **q.as_dict()
+        )
+        log.info("version %d: KID %.4f ± %.4f, FID %.1f", self.version, q.kid, q.kid_std, q.fid)
+
     def close(self) -> None:
         """Close the connection, which also gives up ownership of the run."""
         self.store.close()
@@ -191,6 +228,9 @@ class Coordinator:
             if not self.store.conn.broken and not self.store.conn.closed:
                 self._reload()
             raise
+        every = self.cfg.quality_every
+        if every and self.version // every != before // every:
+            self._measure_quality()  # slow (Inception on the CPU): after the step's commit
         if self.version // VACUUM_EVERY != before // VACUUM_EVERY:
             # Deleted payloads and pruned weights leave dead blobs behind; vacuuming them
             # (outside the step's transaction) lets new blobs reuse that space.

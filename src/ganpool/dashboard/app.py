@@ -64,6 +64,14 @@ class MetricPoint(BaseModel):
     d_fake: float | None
 
 
+class QualityPoint(BaseModel):
+    step: int
+    kid: float
+    kid_std: float
+    fid: float
+    n_fake: int
+
+
 class WorkerRow(BaseModel):
     name: str
     device: str
@@ -194,6 +202,11 @@ def create_app(
             MetricPoint(**row)
             for row in fetch("dashboard_metrics", run_id=r["id"], max_points=points)
         ]
+
+    @app.get("/api/runs/{run}/quality", response_model=list[QualityPoint])
+    def quality(run: RunName) -> list[QualityPoint]:
+        r = run_row(run)
+        return [QualityPoint(**row) for row in fetch("dashboard_quality", run_id=r["id"])]
 
     @app.get("/api/runs/{run}/samples", response_model=list[int])
     def samples(run: RunName) -> list[int]:

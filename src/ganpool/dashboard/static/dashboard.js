@@ -44,9 +44,9 @@ async function pickRun() {
 async function refresh() {
   if (!run) { await pickRun(); if (!run) return; }
   const base = "/api/runs/" + encodeURIComponent(run);
-  const [p, board, metrics, versions, workers] = await Promise.all([
+  const [p, board, metrics, versions, workers, quality] = await Promise.all([
     api(base + "/progress"), api(base + "/leaderboard"), api(base + "/metrics"),
-    api(base + "/samples"), api(base + "/workers"),
+    api(base + "/samples"), api(base + "/workers"), api(base + "/quality"),
   ]);
   document.getElementById("status").textContent = p.status;
   document.getElementById("step").textContent = p.target_steps ? `${p.step} / ${p.target_steps}` : p.step;
@@ -86,6 +86,13 @@ async function refresh() {
     {key: "d_real", label: "D(x)", color: "#54d98c"},
     {key: "d_fake", label: "D(G(z))", color: "#d98cff"},
   ], {title: "discriminator outputs", min: 0, max: 1});
+
+  const qchart = document.getElementById("quality-chart");
+  qchart.hidden = quality.length === 0;
+  if (quality.length) {
+    lineChart(qchart, quality, [{key: "kid", label: "KID (lower is better)", color: "#ffd75e"}],
+      {title: "quality", min: 0});
+  }
 
   if (versions.length !== sampleVersions.length) {
     sampleVersions = versions;

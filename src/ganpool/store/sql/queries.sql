@@ -512,3 +512,16 @@ FROM workers AS w
 WHERE w.run_id = %(run_id)s AND (w.left_at IS NULL OR w.left_at > now() - interval '10 minutes')
 ORDER BY w.last_heartbeat DESC
 LIMIT %(limit)s;
+
+-- insert_quality --
+-- Store a version's KID and FID.
+INSERT INTO quality (run_id, version, kid, kid_std, fid, n_real, n_fake)
+VALUES (%(run_id)s, %(version)s, %(kid)s, %(kid_std)s, %(fid)s, %(n_real)s, %(n_fake)s)
+ON CONFLICT (run_id, version) DO UPDATE
+SET kid = excluded.kid, kid_std = excluded.kid_std, fid = excluded.fid,
+    n_real = excluded.n_real, n_fake = excluded.n_fake;
+
+-- dashboard_quality --
+-- The quality metric over the run, for the learning-curve chart.
+SELECT version AS step, kid, kid_std, fid, n_fake FROM quality
+WHERE run_id = %(run_id)s ORDER BY version;
