@@ -267,6 +267,21 @@ def cmd_train_local(args) -> int:
     return 0
 
 
+def cmd_data_load(args) -> int:
+    from ganpool.data.database import load_dataset
+    from ganpool.data.datasets import open_dataset
+
+    cfg = _config(args)
+    dataset = open_dataset(cfg.dataset, cfg.image_size, cfg.channels, args.data)
+    _, store = _store(args)
+    done = load_dataset(store, dataset, cfg.image_size, cfg.channels)
+    print(
+        f"loaded {done['images']} images ({done['bytes'] / 2**20:.1f} MB) as "
+        f'{done["fingerprint"]}; create the run with --set data_source="database"'
+    )
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     import torch
 
@@ -459,6 +474,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="train-local-out", help="folder for grids and weights")
     t.add_argument("--threads", type=int, default=2, help="torch threads")
     t.set_defaults(func=cmd_train_local)
+
+    data = sub.add_parser("data", help="datasets in the database").add_subparsers(
+        dest="data_command", required=True
+    )
+    dl = data.add_parser("load", help="store the run's images in the database, once")
+    db_arg(dl)
+    config_args(dl)
+    dl.set_defaults(func=cmd_data_load)
 
     ev = sub.add_parser("evaluate", help="KID and FID of a run's generator or an exported one")
     db_arg(ev)

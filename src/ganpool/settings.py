@@ -30,6 +30,7 @@ class RunConfig:
     ndf: int = 64  # discriminator width
     # data
     dataset: str = "folder"  # "faces" (built in, offline) or "folder" (CelebA layout or any images)
+    data_source: str = "local"  # "local": each worker's copy; "database": `ganpool data load`
     # work units and synchronisation
     unit_size: int = 64  # images per work unit
     results_per_step: int = 2  # N: results that form one step (partial synchronisation)
@@ -120,6 +121,12 @@ def validate(c: RunConfig) -> None:
         v = getattr(c, name)
         _check(1 <= v <= 4096, name, v, "must be between 1 and 4096")
     _check(c.dataset in DATASETS, "dataset", c.dataset, f"must be one of {DATASETS}")
+    _check(
+        c.data_source in ("local", "database"),
+        "data_source",
+        c.data_source,
+        "must be 'local' or 'database'",
+    )
     _check(
         c.units_per_step == 0 or c.units_per_step >= c.results_per_step,
         "units_per_step",

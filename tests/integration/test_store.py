@@ -9,7 +9,12 @@ def test_migrate_is_idempotent_and_recorded(empty_db):
     conn = connect(empty_db)
     with pytest.raises(GanpoolError, match="no ganpool schema"):
         check_schema(conn)
-    assert migrate(conn) == ["0001_initial", "0002_worker_api", "0003_quality"]
+    assert migrate(conn) == [
+        "0001_initial",
+        "0002_worker_api",
+        "0003_quality",
+        "0004_dataset_images",
+    ]
     assert migrate(conn) == []
     check_schema(conn)
     rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()

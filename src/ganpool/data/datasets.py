@@ -32,18 +32,37 @@ def to_tensor(img: Image.Image, size: int, channels: int) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
+def decode(encoded: bytes, size: int, channels: int) -> torch.Tensor:
+    """An encoded image file's bytes (JPEG, PNG ...) -> C x size x size in [-1, 1]."""
+    import io
+
+    with Image.open(io.BytesIO(encoded)) as img:
+        return to_tensor(img, size, channels)
+
+
 class InMemoryImages:
     """A dataset small enough to hold decoded: the built-in faces."""
 
-    def __init__(self, images: torch.Tensor, fingerprint: str):
+    kind = "faces"
+
+    def __init__(self, images: torch.Tensor, fingerprint: str, originals: np.ndarray):
         self.images = images  # N x C x S x S in [-1, 1]
         self.fingerprint = fingerprint
+        self.originals = originals  # N x H x W uint8, as shipped
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def batch(self, indices: list[int]) -> torch.Tensor:
         return self.images[torch.as_tensor(indices, dtype=torch.long)]
+
+    def encoded(self, i: int) -> bytes:
+        """Image i as a PNG of the original pixels (what `ganpool data load` stores)."""
+        import io
+
+        buf = io.BytesIO()
+        Image.fromarray(self.originals[i]).save(buf, format="PNG")
+        return buf.getvalue()
 
 
 def builtin_faces(size: int = 32, channels: int = 1) -> InMemoryImages:
@@ -55,7 +74,7 @@ def builtin_faces(size: int = 32, channels: int = 1) -> InMemoryImages:
     images = torch.stack(tensors)
     digest = hashlib.sha256(b"faces-v1|%d|%d|" % (size, channels))
     digest.update(faces.tobytes())
-    return InMemoryImages(images, "faces-" + digest.hexdigest()[:16])
+    return InMemoryImages(images, "faces-" + digest.hexdigest()[:16], faces)
 
 
 class ImageFolder:
@@ -89,12 +108,17 @@ class ImageFolder:
     def __len__(self) -> int:
         return len(self.files)
 
+    kind = "folder"
+
     def batch(self, indices: list[int]) -> torch.Tensor:
         out = []
         for i in indices:
             with Image.open(self.root / self.files[i]) as img:
                 out.append(to_tensor(img, self.size, self.channels))
         return torch.stack(out)
+
+    def encoded(self, i: int) -> bytes:
+        return (self.root / self.files[i]).read_bytes()
 
 
 class ZipImages:
@@ -131,12 +155,17 @@ class ZipImages:
     def __len__(self) -> int:
         return len(self.files)
 
+    kind = "folder"
+
     def batch(self, indices: list[int]) -> torch.Tensor:
         out = []
         for i in indices:
             with self.archive.open(self._members[i]) as f, Image.open(f) as img:
                 out.append(to_tensor(img, self.size, self.channels))
         return torch.stack(out)
+
+    def encoded(self, i: int) -> bytes:
+        return self.archive.read(self._members[i])
 
 
 Dataset = InMemoryImages | ImageFolder | ZipImages

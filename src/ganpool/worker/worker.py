@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ganpool.data.database import DatabaseImages
 from ganpool.data.datasets import check_fingerprint, open_dataset
 from ganpool.models.dcgan import build_models
 from ganpool.runs import Run
@@ -124,10 +125,15 @@ class Worker:
         self.poll_s = poll_s
         self.on_unit = on_unit
         self.max_units = max_units  # stop after this many units; 0 = until the run ends
-        self.dataset = open_dataset(
-            self.cfg.dataset, self.cfg.image_size, self.cfg.channels, data_path
-        )
-        check_fingerprint(self.dataset, run.fingerprint, run.dataset_size)
+        if self.cfg.data_source == "database":  # nothing to download: fetch per unit
+            self.dataset = DatabaseImages(
+                dsn, run.fingerprint, run.dataset_size, self.cfg.image_size, self.cfg.channels
+            )
+        else:
+            self.dataset = open_dataset(
+                self.cfg.dataset, self.cfg.image_size, self.cfg.channels, data_path
+            )
+            check_fingerprint(self.dataset, run.fingerprint, run.dataset_size)
         self.g, self.d = build_models(self.cfg.model, self.cfg.seed)
         self.g.to(self.device)
         self.d.to(self.device)
@@ -184,6 +190,8 @@ class Worker:
                 heartbeat.stop()
             self._leave()
             self.store.close()
+            if isinstance(self.dataset, DatabaseImages):
+                self.dataset.close()
 
     def _leave(self) -> None:
         """Give back any claimed unit at once, so no unit waits for a lease to expire."""

@@ -525,3 +525,37 @@ SET kid = excluded.kid, kid_std = excluded.kid_std, fid = excluded.fid,
 -- The quality metric over the run, for the learning-curve chart.
 SELECT version AS step, kid, kid_std, fid, n_fake FROM quality
 WHERE run_id = %(run_id)s ORDER BY version;
+
+-- begin_dataset --
+-- Start (or restart) loading a dataset: its row, with no images yet.
+INSERT INTO datasets (fingerprint, kind, size, image_size, channels)
+VALUES (%(fingerprint)s, %(kind)s, %(size)s, %(image_size)s, %(channels)s)
+ON CONFLICT (fingerprint) DO UPDATE SET loaded_at = NULL;
+
+-- clear_dataset_images --
+-- Drop a partial load before loading again.
+DELETE FROM dataset_images WHERE fingerprint = %(fingerprint)s;
+
+-- copy_dataset_images --
+-- Bulk load of encoded images (COPY, binary format).
+COPY dataset_images (fingerprint, idx, image) FROM STDIN (FORMAT BINARY);
+
+-- finish_dataset --
+-- Mark a load complete once every image is in.
+UPDATE datasets
+SET loaded_at = now(),
+    bytes = (SELECT coalesce(sum(octet_length(image)), 0) FROM dataset_images
+             WHERE fingerprint = %(fingerprint)s)
+WHERE fingerprint = %(fingerprint)s
+  AND size = (SELECT count(*) FROM dataset_images WHERE fingerprint = %(fingerprint)s)
+RETURNING size, bytes;
+
+-- dataset_by_fingerprint --
+-- A loaded dataset's description, if it is complete.
+SELECT fingerprint, kind, size, image_size, channels, bytes, loaded_at
+FROM datasets WHERE fingerprint = %(fingerprint)s AND loaded_at IS NOT NULL;
+
+-- dataset_images --
+-- The encoded images at some positions (read with a binary cursor).
+SELECT idx, image FROM dataset_images
+WHERE fingerprint = %(fingerprint)s AND idx = ANY(%(indices)s);
