@@ -38,6 +38,7 @@ class RunConfig:
     step_deadline_s: float = 0.0  # step with >= 1 result after this long; 0 = wait for N
     lease_s: float = 60.0  # a claim lasts this long unless the worker heartbeats
     staleness: str = "reject"  # what happens to a result computed on an older version
+    update_rule: str = "simultaneous"  # or "alternating": a D phase, then a G phase on the new D
     # optimiser (the paper's Adam)
     lr_g: float = 2e-4
     lr_d: float = 2e-4
@@ -73,6 +74,17 @@ class RunConfig:
     @property
     def model(self) -> ModelConfig:
         return ModelConfig(self.image_size, self.channels, self.nz, self.ngf, self.ndf)
+
+    @property
+    def versions_per_step(self) -> int:
+        """Published versions per training step: the alternating rule publishes two."""
+        return 2 if self.update_rule == "alternating" else 1
+
+    def phase_of(self, version: int) -> str:
+        """What the units of a version compute: "both", or "D" then "G" alternately."""
+        if self.update_rule != "alternating":
+            return "both"
+        return "D" if version % 2 == 0 else "G"
 
     @property
     def units_issued_per_step(self) -> int:
@@ -135,6 +147,12 @@ def validate(c: RunConfig) -> None:
     )
     _check(c.step_deadline_s >= 0, "step_deadline_s", c.step_deadline_s, "must be >= 0")
     _check(c.lease_s >= 1, "lease_s", c.lease_s, "must be at least 1 second")
+    _check(
+        c.update_rule in ("simultaneous", "alternating"),
+        "update_rule",
+        c.update_rule,
+        "must be 'simultaneous' or 'alternating'",
+    )
     _check(
         c.staleness in STALENESS_POLICIES, "staleness", c.staleness, f"one of {STALENESS_POLICIES}"
     )

@@ -94,3 +94,33 @@ def test_samples_are_stored_and_written(db, tmp_path):
     ).fetchone()
     assert metrics == {"n": 4, "i": 20}
     store.close()
+
+
+def test_alternating_rule_distributed_equals_the_papers_loop(db):
+    run = make_run(db, max_steps=3, unit_size=20, results_per_step=2, update_rule="alternating")
+    coordinator, workers = train_distributed(db, run, workers=2)
+    assert coordinator.version == 6  # a D version and a G version per step
+    assert sum(w.progress.units for w in workers) == 12
+    dataset = builtin_faces(run.config.image_size, run.config.channels)
+    reference = train_local(run.config, dataset, steps=3).weights()
+    distributed = _weights_at(db, run, 6)
+    for name, want in reference.items():
+        torch.testing.assert_close(distributed[name], want, rtol=1e-5, atol=1e-6, msg=name)
+    simultaneous = train_local(run.config.replace(update_rule="simultaneous"), dataset, 3)
+    differs = [k for k, v in simultaneous.weights().items() if not torch.equal(v, reference[k])]
+    assert differs, "the two rules must not give the same weights"
+    store = Store(connect(db))
+    q = store.conn.execute
+    phases = q(
+        "SELECT phase, count(*) AS n, sum(cardinality(indices)) AS images FROM work_units "
+        "WHERE state = 'applied' GROUP BY phase ORDER BY phase"
+    ).fetchall()
+    assert phases == [{"phase": "D", "n": 6, "images": 120}, {"phase": "G", "n": 6, "images": 120}]
+    # Images count once per step (in the D phase): 3 steps x 40 images.
+    assert q("SELECT images_applied FROM runs").fetchone()["images_applied"] == 120
+    metrics = q(
+        "SELECT step, g_loss IS NULL AS no_g, d_loss IS NULL AS no_d FROM step_metrics "
+        "ORDER BY step"
+    ).fetchall()
+    assert [(m["no_g"], m["no_d"]) for m in metrics] == [(True, False), (False, True)] * 3
+    store.close()

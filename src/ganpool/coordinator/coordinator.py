@@ -27,6 +27,7 @@ Protocol (see docs/protocol.md). Rows each party writes, and in which transactio
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from collections import deque
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 _LOCK_CLASS = 0x67616E70  # "ganp": advisory lock namespace for coordinator ownership
 MIN_NORM_COHORT = 8  # the norm check needs at least this many norms to judge by
 VACUUM_EVERY = 10  # steps between vacuums of the blob tables
+PHASES = ("both", "D", "G")
 NORM_HISTORY = 64  # accepted gradient norms remembered for the norm check
 
 
@@ -87,9 +89,12 @@ class Coordinator:
         self.on_step = on_step
         self.store = Store(connect(dsn))
         self.state = TrainingState(self.cfg)
-        self.manifest = result_manifest(self.state.g, self.state.d)
-        self.max_payload = self.cfg.max_payload_bytes or payload_limit(self.manifest)
-        self.norm_history: deque[float] = deque(maxlen=NORM_HISTORY)
+        self.manifests = {
+            phase: result_manifest(self.state.g, self.state.d, phase) for phase in PHASES
+        }
+        self.max_payload = self.cfg.max_payload_bytes or payload_limit(self.manifests["both"])
+        # Gradient norms differ by phase: each phase is judged against its own history.
+        self.norm_history = {phase: deque(maxlen=NORM_HISTORY) for phase in PHASES}
         gen = torch.Generator().manual_seed(sample_seed(self.cfg.seed))
         self.sample_noise = torch.randn(64, self.cfg.nz, generator=gen)
         self.version = -1
@@ -142,8 +147,13 @@ class Coordinator:
         optimizer = unpack(saved["optimizer"], manifest_of(self.state.optimizer_tensors()))
         self.state.load_optimizer(optimizer)
         self.version = current["version"]
-        recent = self.store.all("recent_norms", run_id=self.run.id, limit=NORM_HISTORY)
-        self.norm_history = deque((r["grad_norm"] for r in reversed(recent)), maxlen=NORM_HISTORY)
+        for phase in PHASES:
+            recent = self.store.all(
+                "recent_norms", run_id=self.run.id, phase=phase, limit=NORM_HISTORY
+            )
+            self.norm_history[phase] = deque(
+                (r["grad_norm"] for r in reversed(recent)), maxlen=NORM_HISTORY
+            )
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -253,8 +263,12 @@ class Coordinator:
         waiting = self.store.one("count_waiting_results", run_id=self.run.id, version=v)
         deadline = self.cfg.step_deadline_s
         past_deadline = deadline > 0 and (run["version_age_s"] or 0) >= deadline
-        # N results in, and no spot check still being computed (unclaimed twins don't wait).
-        enough = waiting["n"] >= self.cfg.results_per_step and waiting["twins_computing"] == 0
+        # N results in (a G phase has only as many units as its D phase applied), and no spot
+        # check still being computed (unclaimed twins don't wait).
+        needed = self.cfg.results_per_step
+        if self.cfg.phase_of(v) == "G":
+            needed = min(needed, waiting["issued"])
+        enough = waiting["n"] >= needed and waiting["twins_computing"] == 0
         if enough or (past_deadline and waiting["n"] > 0):
             self._step(v)
             run = self.store.one("lock_run", run_id=self.run.id)
@@ -268,7 +282,7 @@ class Coordinator:
 
     def _limit_reached(self, run: dict) -> bool:
         c = self.cfg
-        if c.max_steps and run["current_version"] >= c.max_steps:
+        if c.max_steps and run["current_version"] >= c.max_steps * c.versions_per_step:
             return True
         if c.max_seconds and float(run["running_s"] or 0) >= c.max_seconds:
             return True
@@ -302,16 +316,23 @@ class Coordinator:
             )
         )
         accepted = [r for r, _ in accepted]
-        self.norm_history.extend(r["grad_norm"] for r in accepted)
+        phase = self.cfg.phase_of(v)
+        self.norm_history[phase].extend(r["grad_norm"] for r in accepted)
 
         new = v + 1
         images = sum(r["samples"] for r in accepted)
-        for r in accepted:
-            self.store.execute(
-                "count_epoch_images", run_id=self.run.id, epoch=r["epoch"], images=r["samples"]
-            )
+        # A G phase reuses its D phase's batch: its images were counted then.
+        new_images = 0 if phase == "G" else images
+        if new_images:
+            for r in accepted:
+                self.store.execute(
+                    "count_epoch_images",
+                    run_id=self.run.id,
+                    epoch=r["epoch"],
+                    images=r["samples"],
+                )
         epochs = self.store.one("epochs_completed", run_id=self.run.id)["epochs"]
-        self._publish(new, images=images, epochs=epochs)
+        self._publish(new, images=new_images, epochs=epochs)
         for r in accepted:
             self.store.execute(
                 "apply_result",
@@ -329,10 +350,7 @@ class Coordinator:
             rejected=len(rejected),
             epochs=epochs,
             seconds=0.0,
-            **{
-                k: sum(r[k] * r["samples"] for r in accepted) / images
-                for k in ("g_loss", "d_loss", "d_real", "d_fake")
-            },
+            **{k: _weighted(accepted, k) for k in ("g_loss", "d_loss", "d_real", "d_fake")},
         )
         self.store.execute(
             "insert_step_metrics",
@@ -362,7 +380,7 @@ class Coordinator:
         for r in rows:
             blob = self.store.blob("result_payload", "payload", result_id=r["id"])
             try:
-                tensors = unpack(blob, self.manifest, max_bytes=self.max_payload)
+                tensors = unpack(blob, self.manifests[r["phase"]], max_bytes=self.max_payload)
                 _check_finite(tensors)
             except PayloadError as e:
                 self._reject(r, str(e))
@@ -374,7 +392,8 @@ class Coordinator:
 
         # Norm check: a result far from the cohort (recent history plus this step) is refused.
         if self.cfg.norm_z_max:
-            reference = [*self.norm_history, *(r["grad_norm"] for r, _ in valid.values())]
+            phase = rows[0]["phase"] if rows else "both"
+            reference = [*self.norm_history[phase], *(r["grad_norm"] for r, _ in valid.values())]
             if len(reference) >= MIN_NORM_COHORT:
                 median = statistics.median(reference)
                 for unit_id, (r, _) in list(valid.items()):
@@ -441,7 +460,8 @@ class Coordinator:
         log.warning("rejected result %d of worker %d: %s", r["id"], r["worker_id"], reason)
         self.store.execute("reject_result", run_id=self.run.id, result_id=r["id"], reason=reason)
         self.store.execute("delete_payload", result_id=r["id"])
-        if r.get("twin_of") is None:  # a twin's images are its original's, not the epoch's
+        # A twin's images are its original's, a G unit's were counted in its D phase.
+        if r.get("twin_of") is None and r.get("phase") != "G":
             self.store.execute(
                 "give_back", run_id=self.run.id, epoch=r["epoch"], indices=r["indices"]
             )
@@ -450,7 +470,7 @@ class Coordinator:
         """Units of older versions that did not make their step give their images back;
         results that arrived for them are rejected (the `reject` staleness policy)."""
         for unit in self.store.all("cancel_stale_units", run_id=self.run.id, version=new):
-            if unit["twin_of"] is not None:
+            if unit["twin_of"] is not None or unit["phase"] == "G":
                 continue
             self.store.execute(
                 "give_back", run_id=self.run.id, epoch=unit["epoch"], indices=unit["indices"]
@@ -502,6 +522,10 @@ class Coordinator:
             (folder / f"step_{version:06d}.png").write_bytes(png)
 
     def _issue_units(self, version: int, count: int) -> None:
+        phase = self.cfg.phase_of(version)
+        if phase == "G":  # the G phase redoes the D phase's units, images and noise
+            self.store.execute("insert_g_units", run_id=self.run.id, version=version)
+            return
         live = self.store.one("count_live_units", run_id=self.run.id, version=version)["n"]
         count -= live
         if count <= 0:
@@ -543,12 +567,23 @@ class Coordinator:
                 epoch=u.epoch,
                 indices=u.indices,
                 noise_seed=u.noise_seed,
+                phase=phase,
             )["id"]
             if spot_check_chosen(self.cfg.seed, u.seq, self.cfg.spot_check_rate):
                 self.store.execute("insert_twin", unit_id=unit_id)
         self.store.execute(
             "set_units_issued", run_id=self.run.id, units_issued=run["units_issued"] + len(units)
         )
+
+
+def _weighted(results: list[dict], key: str) -> float | None:
+    """Sample-weighted mean of a reported metric, over the results that computed it."""
+    pairs = [
+        (r[key], r["samples"]) for r in results if r[key] is not None and math.isfinite(r[key])
+    ]
+    if not pairs:
+        return None
+    return sum(v * w for v, w in pairs) / sum(w for _, w in pairs)
 
 
 def _check_finite(tensors: dict[str, torch.Tensor]) -> None:

@@ -32,56 +32,73 @@ def float_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def unit_gradients(
-    g: Generator, d: Discriminator, real: torch.Tensor, noise_seed: int, nz: int
+    g: Generator,
+    d: Discriminator,
+    real: torch.Tensor | None,
+    noise_seed: int,
+    nz: int,
+    phase: str = "both",
+    batch: int | None = None,
 ) -> UnitResult:
+    """A unit's result. `phase` "both" is the simultaneous rule (D and G gradients on the
+    same weights); the alternating rule computes "D" (needs `real`) on one version, then "G"
+    (needs only `batch`, the same noise) on the next, whose D has already been stepped."""
     g.train()
     d.train()
     g.zero_grad(set_to_none=True)
     d.zero_grad(set_to_none=True)
-    b = real.shape[0]
-    ones, zeros = torch.ones(b), torch.zeros(b)
+    b = real.shape[0] if real is not None else batch
+    device = real.device if real is not None else next(g.parameters()).device
+    ones, zeros = torch.ones(b, device=device), torch.zeros(b, device=device)
     z = torch.randn(b, nz, generator=torch.Generator().manual_seed(noise_seed), device="cpu")
-    z = z.to(real.device)
+    fake = g(z.to(device))
+    tensors: dict[str, torch.Tensor] = {}
+    nan = float("nan")
+    d_loss = g_loss = out_real = out_fake = None
 
-    fake = g(z)
-    # D phase: the fake batch is detached, so the D loss sends nothing into G.
-    out_real = d(real)
-    out_fake = d(fake.detach())
-    d_loss = F.binary_cross_entropy_with_logits(out_real, ones.to(real.device))
-    d_loss = d_loss + F.binary_cross_entropy_with_logits(out_fake, zeros.to(real.device))
-    d_loss.backward()
-    tensors = {f"grad.D.{n}": p.grad.detach().clone() for n, p in d.named_parameters()}
-    # D's statistics come from the D phase only: the G phase is not training D.
-    tensors |= {f"buf.D.{n}": t.clone() for n, t in float_buffers(d).items()}
+    if phase in ("both", "D"):
+        # The fake batch is detached, so the D loss sends nothing into G.
+        out_real = d(real)
+        out_fake = d(fake.detach())
+        d_loss = F.binary_cross_entropy_with_logits(out_real, ones)
+        d_loss = d_loss + F.binary_cross_entropy_with_logits(out_fake, zeros)
+        d_loss.backward()
+        tensors |= {f"grad.D.{n}": p.grad.detach().clone() for n, p in d.named_parameters()}
+        # D's statistics come from its own phase only: the G pass is not training D.
+        tensors |= {f"buf.D.{n}": t.clone() for n, t in float_buffers(d).items()}
+        # G's statistics come from its one forward pass, made here.
+        tensors |= {f"buf.G.{n}": t.clone() for n, t in float_buffers(g).items()}
 
-    # G phase through a frozen D: D's parameters receive nothing from the generator's loss.
-    d.requires_grad_(False)
-    try:
-        out_g = d(fake)
-        g_loss = F.binary_cross_entropy_with_logits(out_g, ones.to(real.device))
-        g_loss.backward()
-    finally:
-        d.requires_grad_(True)
-    tensors |= {f"grad.G.{n}": p.grad.detach().clone() for n, p in g.named_parameters()}
-    tensors |= {f"buf.G.{n}": t.clone() for n, t in float_buffers(g).items()}
+    if phase in ("both", "G"):
+        # Through a frozen D: D's parameters receive nothing from the generator's loss.
+        d.requires_grad_(False)
+        try:
+            g_loss = F.binary_cross_entropy_with_logits(d(fake), ones)
+            g_loss.backward()
+        finally:
+            d.requires_grad_(True)
+        tensors |= {f"grad.G.{n}": p.grad.detach().clone() for n, p in g.named_parameters()}
 
     return UnitResult(
         tensors={k: v.cpu() for k, v in tensors.items()},
-        g_loss=g_loss.item(),
-        d_loss=d_loss.item(),
-        d_real=torch.sigmoid(out_real.detach()).mean().item(),
-        d_fake=torch.sigmoid(out_fake.detach()).mean().item(),
+        g_loss=g_loss.item() if g_loss is not None else nan,
+        d_loss=d_loss.item() if d_loss is not None else nan,
+        d_real=torch.sigmoid(out_real.detach()).mean().item() if out_real is not None else nan,
+        d_fake=torch.sigmoid(out_fake.detach()).mean().item() if out_fake is not None else nan,
     )
 
 
 def result_manifest(
-    g: Generator, d: Discriminator
+    g: Generator, d: Discriminator, phase: str = "both"
 ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Names, shapes and dtypes a unit result must have for this model."""
-    m = {f"grad.G.{n}": (tuple(p.shape), p.dtype) for n, p in g.named_parameters()}
-    m |= {f"grad.D.{n}": (tuple(p.shape), p.dtype) for n, p in d.named_parameters()}
-    m |= {f"buf.G.{n}": (tuple(t.shape), t.dtype) for n, t in float_buffers(g).items()}
-    m |= {f"buf.D.{n}": (tuple(t.shape), t.dtype) for n, t in float_buffers(d).items()}
+    """Names, shapes and dtypes a unit result must have for this model and phase."""
+    m: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    if phase in ("both", "G"):
+        m |= {f"grad.G.{n}": (tuple(p.shape), p.dtype) for n, p in g.named_parameters()}
+    if phase in ("both", "D"):
+        m |= {f"grad.D.{n}": (tuple(p.shape), p.dtype) for n, p in d.named_parameters()}
+        m |= {f"buf.G.{n}": (tuple(t.shape), t.dtype) for n, t in float_buffers(g).items()}
+        m |= {f"buf.D.{n}": (tuple(t.shape), t.dtype) for n, t in float_buffers(d).items()}
     return m
 
 

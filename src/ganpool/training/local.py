@@ -52,19 +52,25 @@ def train_local(
             seq,
         )
         seq += len(units)
-        version = state.weights()
-        mean = WeightedMean()
         totals = dict.fromkeys(("g_loss", "d_loss", "d_real", "d_fake"), 0.0)
-        for unit in units:
-            load_weights(worker_g, worker_d, version)
-            r = unit_gradients(
-                worker_g, worker_d, dataset.batch(unit.indices), unit.noise_seed, cfg.nz
-            )
-            n = len(unit.indices)
-            mean.add(r.tensors, float(n))
-            for k in totals:
-                totals[k] += getattr(r, k) * n
-        state.apply(mean.mean())
+        # Simultaneous: one phase computing both. Alternating (the paper's loop): a D step on
+        # the real images and fresh fakes, then a G step on the same noise through the new D.
+        phases = ("D", "G") if cfg.update_rule == "alternating" else ("both",)
+        for phase in phases:
+            version = state.weights()
+            mean = WeightedMean()
+            for unit in units:
+                load_weights(worker_g, worker_d, version)
+                real = None if phase == "G" else dataset.batch(unit.indices)
+                r = unit_gradients(
+                    worker_g, worker_d, real, unit.noise_seed, cfg.nz, phase, len(unit.indices)
+                )
+                n = len(unit.indices)
+                mean.add(r.tensors, float(n))
+                for k in totals:
+                    value = getattr(r, k)
+                    totals[k] += value * n if value == value else 0.0  # NaN: not computed
+            state.apply(mean.mean())
         n_images = sum(len(u.indices) for u in units)
         images_done += n_images
         if on_step:

@@ -65,17 +65,21 @@ class TrainingState:
                 yield f"{prefix}.{name}", p, opt
 
     def apply(self, mean: dict[str, torch.Tensor]) -> None:
-        """One Adam step on both networks from averaged gradients; adopt averaged BN stats."""
-        for key, p, _ in self._named():
-            p.grad = mean[f"grad.{key}"].to(p.dtype)
-        self.opt_g.step()
-        self.opt_d.step()
-        self.opt_g.zero_grad(set_to_none=True)
-        self.opt_d.zero_grad(set_to_none=True)
+        """One Adam step for each network whose averaged gradients are in `mean` (both under
+        the simultaneous rule, D or G alone in an alternating phase); adopt averaged BN stats."""
+        for opt in (self.opt_g, self.opt_d):
+            named = [(k, p) for k, p, o in self._named() if o is opt]
+            if f"grad.{named[0][0]}" not in mean:
+                continue
+            for key, p in named:
+                p.grad = mean[f"grad.{key}"].to(p.dtype)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         with torch.no_grad():
             for prefix, net in (("G", self.g), ("D", self.d)):
                 for name, buf in float_buffers(net).items():
-                    buf.copy_(mean[f"buf.{prefix}.{name}"])
+                    if f"buf.{prefix}.{name}" in mean:
+                        buf.copy_(mean[f"buf.{prefix}.{name}"])
 
     def weights(self) -> dict[str, torch.Tensor]:
         return weights_of(self.g, self.d)

@@ -249,8 +249,12 @@ class Worker:
             return
         load_weights(self.g, self.d, weights)  # also resets BatchNorm statistics to the version's
         t0 = time.perf_counter()
-        real = self.dataset.batch(unit["indices"]).to(self.device)
-        result = self.compute(self.g, self.d, real, unit["noise_seed"], self.cfg.nz)
+        phase = unit["phase"]
+        # A G-phase unit needs no images: the same noise, through the new D.
+        real = None if phase == "G" else self.dataset.batch(unit["indices"]).to(self.device)
+        result = self.compute(
+            self.g, self.d, real, unit["noise_seed"], self.cfg.nz, phase, len(unit["indices"])
+        )
         fields = {
             "worker_id": self.worker_id,
             "unit_id": unit["unit_id"],

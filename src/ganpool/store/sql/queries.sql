@@ -83,14 +83,14 @@ FROM epochs WHERE run_id = %(run_id)s;
 
 -- insert_unit --
 -- Issue one work unit for a version.
-INSERT INTO work_units (run_id, seq, version, epoch, indices, noise_seed)
-VALUES (%(run_id)s, %(seq)s, %(version)s, %(epoch)s, %(indices)s, %(noise_seed)s)
+INSERT INTO work_units (run_id, seq, version, epoch, indices, noise_seed, phase)
+VALUES (%(run_id)s, %(seq)s, %(version)s, %(epoch)s, %(indices)s, %(noise_seed)s, %(phase)s)
 RETURNING id;
 
 -- insert_twin --
 -- Issue a spot check: the same unit again, for a different worker (no seq of its own).
-INSERT INTO work_units (run_id, seq, version, epoch, indices, noise_seed, twin_of)
-SELECT run_id, NULL, version, epoch, indices, noise_seed, id
+INSERT INTO work_units (run_id, seq, version, epoch, indices, noise_seed, phase, twin_of)
+SELECT run_id, NULL, version, epoch, indices, noise_seed, phase, id
 FROM work_units WHERE id = %(unit_id)s;
 
 -- set_units_issued --
@@ -113,17 +113,24 @@ RETURNING id;
 -- waiting_results --
 -- Results submitted for a version and not yet decided, in unit order, locked.
 SELECT r.id, r.unit_id, r.worker_id, r.samples, r.g_loss, r.d_loss, r.d_real, r.d_fake,
-       u.epoch, u.indices, u.twin_of, coalesce(u.seq, t.seq) AS seq
+       u.epoch, u.indices, u.twin_of, u.phase,
+       coalesce(u.seq, t.seq, p.seq, tp.seq) AS seq
 FROM results AS r
 JOIN work_units AS u ON u.id = r.unit_id
 LEFT JOIN work_units AS t ON t.id = u.twin_of
+LEFT JOIN work_units AS p ON p.id = u.phase_of
+LEFT JOIN work_units AS tp ON tp.id = t.phase_of
 WHERE r.run_id = %(run_id)s AND r.version = %(version)s AND r.status = 'submitted'
-ORDER BY coalesce(u.seq, t.seq), u.twin_of NULLS FIRST
+ORDER BY coalesce(u.seq, t.seq, p.seq, tp.seq), u.twin_of NULLS FIRST
 FOR UPDATE OF r, u;
 
 -- count_waiting_results --
--- Results for a version waiting to be applied, and spot checks still being computed.
+-- Results for a version waiting to be applied, spot checks still being computed, and the
+-- units issued (a G phase has as many units as its D phase applied).
 SELECT
+    (SELECT count(*) FROM work_units
+     WHERE run_id = %(run_id)s AND version = %(version)s AND twin_of IS NULL
+       AND state <> 'cancelled') AS issued,
     (SELECT count(*) FROM results AS r JOIN work_units AS u ON u.id = r.unit_id
      WHERE r.run_id = %(run_id)s AND r.version = %(version)s AND r.status = 'submitted'
        AND u.twin_of IS NULL) AS n,
@@ -168,11 +175,11 @@ DELETE FROM result_payloads WHERE result_id = %(result_id)s;
 UPDATE work_units
 SET state = 'cancelled', lease_expires_at = NULL
 WHERE run_id = %(run_id)s AND version < %(version)s AND state IN ('pending', 'claimed')
-RETURNING id, epoch, indices, twin_of;
+RETURNING id, epoch, indices, twin_of, phase;
 
 -- stale_results --
 -- Results of older versions still waiting: they lost the race to form their step.
-SELECT r.id, r.worker_id, u.epoch, u.indices, u.twin_of, r.version
+SELECT r.id, r.worker_id, u.epoch, u.indices, u.twin_of, u.phase, r.version
 FROM results AS r JOIN work_units AS u ON u.id = r.unit_id
 WHERE r.run_id = %(run_id)s AND r.version < %(version)s AND r.status = 'submitted'
 FOR UPDATE OF r;
@@ -251,7 +258,7 @@ SELECT ganpool_heartbeat(%(worker_id)s, %(unit_id)s, %(attempt)s) AS holds;
 
 -- claim_unit --
 -- Claim the next pending unit, if any.
-SELECT unit_id, version, indices, noise_seed, attempt FROM ganpool_claim(%(worker_id)s);
+SELECT unit_id, version, indices, noise_seed, attempt, phase FROM ganpool_claim(%(worker_id)s);
 
 -- submit_result --
 -- Upload a result and complete its unit in one transaction.
@@ -343,10 +350,23 @@ VACUUM (SKIP_LOCKED) result_payloads, version_weights, coordinator_state, sample
 UPDATE results SET grad_norm = %(grad_norm)s WHERE id = %(result_id)s;
 
 -- recent_norms --
--- Gradient norms of the most recently applied results, for the norm check after a restart.
-SELECT grad_norm FROM results
-WHERE run_id = %(run_id)s AND status = 'applied' AND grad_norm IS NOT NULL
-ORDER BY id DESC LIMIT %(limit)s;
+-- Gradient norms of the most recently applied results of one phase, for the norm check
+-- after a restart.
+SELECT r.grad_norm FROM results AS r JOIN work_units AS u ON u.id = r.unit_id
+WHERE r.run_id = %(run_id)s AND r.status = 'applied' AND r.grad_norm IS NOT NULL
+  AND u.phase = %(phase)s
+ORDER BY r.id DESC LIMIT %(limit)s;
+
+-- insert_g_units --
+-- The alternating rule's G phase: one unit per D-phase unit applied in the step that
+-- produced this version, with the same images (for the batch size) and the same noise.
+INSERT INTO work_units (run_id, seq, version, epoch, indices, noise_seed, phase, phase_of)
+SELECT u.run_id, NULL, %(version)s, u.epoch, u.indices, u.noise_seed, 'G', u.id
+FROM version_contributions AS c JOIN work_units AS u ON u.id = c.unit_id
+WHERE c.run_id = %(run_id)s AND c.version = %(version)s AND u.phase = 'D'
+  AND NOT EXISTS (SELECT 1 FROM work_units AS g
+                  WHERE g.phase_of = u.id AND g.version = %(version)s)
+ORDER BY u.seq;
 
 -- verify_result --
 -- A spot-check twin that agreed (or lost its pair): done, never applied itself.

@@ -61,11 +61,13 @@ CREATE TABLE work_units (
     attempt           integer NOT NULL DEFAULT 0,   -- bumped by every claim
     reissued          integer NOT NULL DEFAULT 0,   -- leases that expired on this unit
     twin_of           bigint REFERENCES work_units (id),  -- a spot check: same work, other worker
+    phase             text NOT NULL DEFAULT 'both' CHECK (phase IN ('both', 'D', 'G')),
+    phase_of          bigint REFERENCES work_units (id),  -- a G-phase unit: its D-phase unit
     claimed_at        timestamptz,
     lease_expires_at  timestamptz,
     created_at        timestamptz NOT NULL DEFAULT now(),
     UNIQUE (run_id, seq),
-    CHECK ((seq IS NULL) = (twin_of IS NOT NULL)),
+    CHECK ((seq IS NULL) = (twin_of IS NOT NULL OR phase_of IS NOT NULL)),
     FOREIGN KEY (run_id, epoch) REFERENCES epochs (run_id, epoch)
 );
 -- Claiming and lease sweeps only ever look at the few live units: keep those lookups flat.

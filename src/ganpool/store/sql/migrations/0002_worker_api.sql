@@ -130,7 +130,7 @@ $$;
 -- run is not running. Expiry uses the server's clock.
 CREATE FUNCTION ganpool_claim(p_worker_id bigint)
 RETURNS TABLE (unit_id bigint, version integer, indices integer[], noise_seed bigint,
-               attempt integer)
+               attempt integer, phase text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     v_run bigint;
@@ -155,7 +155,7 @@ BEGIN
         LIMIT 1
         FOR UPDATE OF c SKIP LOCKED
     )
-    RETURNING u.id, u.version, u.indices, u.noise_seed, u.attempt;
+    RETURNING u.id, u.version, u.indices, u.noise_seed, u.attempt, u.phase;
 END;
 $$;
 
