@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test,metrics]'
+	$(BIN)/pip install --quiet -e '.[test,metrics,hub]'
 	touch $(STAMP)
 
 demo: $(STAMP)

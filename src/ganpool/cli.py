@@ -282,6 +282,14 @@ def cmd_data_load(args) -> int:
     return 0
 
 
+def cmd_data_download(args) -> int:
+    from ganpool.data.hub import download_dataset
+
+    path = download_dataset(args.repo, args.file, Path(args.out), args.sha256, args.revision)
+    print(f"downloaded {path}" + (" (SHA-256 checked)" if args.sha256 else ""))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     import torch
 
@@ -339,6 +347,10 @@ def cmd_export(args) -> int:
     run = find_run(store, args.run)
     out = export_generator(store, run, Path(args.out), args.version)
     print(f"wrote {out}/generator.safetensors, config.json, README.md and samples.png")
+    if args.push:
+        from ganpool.data.hub import push_model
+
+        print(f"pushed: {push_model(out, args.push)}")
     return 0
 
 
@@ -482,6 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
     db_arg(dl)
     config_args(dl)
     dl.set_defaults(func=cmd_data_load)
+    dd = data.add_parser("download", help="fetch a dataset file from the Hugging Face Hub")
+    dd.add_argument("--repo", required=True, help="dataset repository, e.g. someone/celeba")
+    dd.add_argument("--file", default="img_align_celeba.zip")
+    dd.add_argument("--sha256", help="expected checksum of the file")
+    dd.add_argument("--revision", help="a commit or tag, for a reproducible class")
+    dd.add_argument("--out", default="data", help="folder to download into")
+    dd.set_defaults(func=cmd_data_download)
 
     ev = sub.add_parser("evaluate", help="KID and FID of a run's generator or an exported one")
     db_arg(ev)
@@ -501,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_arg(ex)
     ex.add_argument("--version", type=int, help="a kept version (default: the newest)")
     ex.add_argument("--out", required=True, help="folder to write")
+    ex.add_argument("--push", metavar="REPO", help="also upload to this Hugging Face model repo")
     ex.set_defaults(func=cmd_export)
 
     sa = sub.add_parser("sample", help="draw a grid of faces from an exported generator")
