@@ -11,9 +11,12 @@ Protocol (see docs/protocol.md). Rows each party writes, and in which transactio
 * Each tick, in ONE transaction holding the run's row lock:
     1. put units whose lease expired back to 'pending' (they are reissued as they are);
     2. when N results for the current version v are in (or the step deadline has passed
-       with at least one), validate each payload, reject the bad ones (reason recorded,
-       images back to the epoch), average the rest weighted by their units' sample counts,
-       take the Adam step for G and D, and write version v+1: weights, Adam state,
+       with at least one), screen them (ganpool.coordinator.screening: payload, norm and
+       spot checks; a refusal is recorded with its reason and its images go back to the
+       epoch), combine the rest (the run's aggregation rule; by default the mean weighted by
+       their units' sample counts), take the Adam step (for G and D under the simultaneous
+       rule; for D, then G, in the alternating rule's two phases), and write version v+1:
+       weights, Adam state,
        contributions (UNIQUE per unit: applied at most once), step metrics, epoch counts;
        delete the applied payloads; cancel units of v that did not make it (their images
        go back to the epoch; their late results are rejected as stale); prune old weights;
@@ -28,25 +31,23 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ganpool.aggregation.robust import aggregate, compare, grad_norm, robust_z
+from ganpool.aggregation.robust import aggregate
+from ganpool.coordinator.screening import Screening
 from ganpool.data.datasets import check_fingerprint, open_dataset
-from ganpool.errors import GanpoolError, PayloadError
+from ganpool.errors import GanpoolError
 from ganpool.evaluation.grid import sample_grid
 from ganpool.protocol.schedule import EpochState, plan_units, sample_seed, spot_check_chosen
 from ganpool.runs import Run
 from ganpool.serialization.tensors import manifest_of, pack, unpack
 from ganpool.store import Store, connect
 from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff
-from ganpool.training.gradients import payload_limit, result_manifest
 from ganpool.training.state import TrainingState
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,7 @@ class Coordinator:
         self.on_step = on_step
         self.store = Store(connect(dsn))
         self.state = TrainingState(self.cfg)
-        self.manifests = {
-            phase: result_manifest(self.state.g, self.state.d, phase) for phase in PHASES
-        }
-        self.max_payload = self.cfg.max_payload_bytes or payload_limit(self.manifests["both"])
-        # Gradient norms differ by phase: each phase is judged against its own history.
-        self.norm_history = {phase: deque(maxlen=NORM_HISTORY) for phase in PHASES}
+        self.screening = Screening(run.id, self.cfg, self.state.g, self.state.d)
         gen = torch.Generator().manual_seed(sample_seed(self.cfg.seed))
         self.sample_noise = torch.randn(64, self.cfg.nz, generator=gen)
         self.version = -1
@@ -147,13 +143,7 @@ class Coordinator:
         optimizer = unpack(saved["optimizer"], manifest_of(self.state.optimizer_tensors()))
         self.state.load_optimizer(optimizer)
         self.version = current["version"]
-        for phase in PHASES:
-            recent = self.store.all(
-                "recent_norms", run_id=self.run.id, phase=phase, limit=NORM_HISTORY
-            )
-            self.norm_history[phase] = deque(
-                (r["grad_norm"] for r in reversed(recent)), maxlen=NORM_HISTORY
-            )
+        self.screening.reload_history(self.store)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -304,7 +294,7 @@ class Coordinator:
     def _step(self, v: int) -> None:
         t0 = time.perf_counter()
         rows = self.store.all("waiting_results", run_id=self.run.id, version=v)
-        accepted, rejected = self._screen(rows)
+        accepted, rejected = self.screening.screen(self.store, rows)
         if not accepted:
             return  # every result was refused; their images are back, units get reissued
         self.state.apply(
@@ -317,7 +307,7 @@ class Coordinator:
         )
         accepted = [r for r, _ in accepted]
         phase = self.cfg.phase_of(v)
-        self.norm_history[phase].extend(r["grad_norm"] for r in accepted)
+        self.screening.remember(phase, accepted)
 
         new = v + 1
         images = sum(r["samples"] for r in accepted)
@@ -372,99 +362,8 @@ class Coordinator:
         if self.on_step:
             self.on_step(report)
 
-    def _screen(self, rows: list[dict]) -> tuple[list[tuple[dict, dict]], list[dict]]:
-        """Validate, norm-check and spot-check a step's results. Returns the results to apply
-        (with their tensors) and the rejected ones; every refusal is recorded with its reason."""
-        valid: dict[int, tuple[dict, dict]] = {}
-        rejected: list[dict] = []
-        for r in rows:
-            blob = self.store.blob("result_payload", "payload", result_id=r["id"])
-            try:
-                tensors = unpack(blob, self.manifests[r["phase"]], max_bytes=self.max_payload)
-                _check_finite(tensors)
-            except PayloadError as e:
-                self._reject(r, str(e))
-                rejected.append(r)
-                continue
-            r["grad_norm"] = grad_norm(tensors)
-            self.store.execute("set_grad_norm", result_id=r["id"], grad_norm=r["grad_norm"])
-            valid[r["unit_id"]] = (r, tensors)
-
-        # Norm check: a result far from the cohort (recent history plus this step) is refused.
-        if self.cfg.norm_z_max:
-            phase = rows[0]["phase"] if rows else "both"
-            reference = [*self.norm_history[phase], *(r["grad_norm"] for r, _ in valid.values())]
-            if len(reference) >= MIN_NORM_COHORT:
-                median = statistics.median(reference)
-                for unit_id, (r, _) in list(valid.items()):
-                    z = robust_z(r["grad_norm"], reference)
-                    if z > self.cfg.norm_z_max:
-                        self._reject(
-                            r,
-                            f"gradient norm {r['grad_norm']:.4g} is {z:.1f} robust deviations "
-                            f"from the cohort's median {median:.4g} "
-                            f"(limit {self.cfg.norm_z_max:g})",
-                        )
-                        rejected.append(r)
-                        del valid[unit_id]
-
-        # Spot checks: a unit and its twin, computed by two workers, must agree.
-        for unit_id, (twin, twin_tensors) in list(valid.items()):
-            original_id = twin["twin_of"]
-            if original_id is None:
-                continue
-            del valid[unit_id]  # a twin is never applied itself: it only checks the original
-            if original_id not in valid:
-                self.store.execute("verify_result", result_id=twin["id"])
-                self.store.execute("delete_payload", result_id=twin["id"])
-                continue
-            original, tensors = valid[original_id]
-            cosine, rel_norm = compare(tensors, twin_tensors)
-            agreed = (
-                cosine >= self.cfg.spot_check_cosine and rel_norm <= self.cfg.spot_check_rel_norm
-            )
-            self.store.execute(
-                "record_spot_check",
-                run_id=self.run.id,
-                unit_id=original_id,
-                twin_id=unit_id,
-                worker_a=original["worker_id"],
-                worker_b=twin["worker_id"],
-                cosine=cosine,
-                rel_norm=rel_norm,
-                agreed=agreed,
-            )
-            # Two workers disagreeing cannot tell who is wrong: both lose trust. Only a worker
-            # that has disagreed with two or more different peers can be disabled for it.
-            for worker_id in {original["worker_id"], twin["worker_id"]}:
-                self.store.execute("update_trust", worker_id=worker_id, agreed=agreed)
-                if self.cfg.disable_below_trust:
-                    self.store.execute(
-                        "disable_untrusted", worker_id=worker_id, below=self.cfg.disable_below_trust
-                    )
-            if agreed:
-                self.store.execute("verify_result", result_id=twin["id"])
-                self.store.execute("delete_payload", result_id=twin["id"])
-            else:
-                reason = (
-                    f"spot check failed: two workers computed unit {original_id} and disagreed "
-                    f"(cosine {cosine:.3f}, norms differ by {rel_norm:.1%}); both results held out"
-                )
-                for r in (original, twin):
-                    self._reject(r, reason)
-                    rejected.append(r)
-                del valid[original_id]
-        return sorted(valid.values(), key=lambda rt: rt[0]["seq"]), rejected
-
     def _reject(self, r: dict, reason: str) -> None:
-        log.warning("rejected result %d of worker %d: %s", r["id"], r["worker_id"], reason)
-        self.store.execute("reject_result", run_id=self.run.id, result_id=r["id"], reason=reason)
-        self.store.execute("delete_payload", result_id=r["id"])
-        # A twin's images are its original's, a G unit's were counted in its D phase.
-        if r.get("twin_of") is None and r.get("phase") != "G":
-            self.store.execute(
-                "give_back", run_id=self.run.id, epoch=r["epoch"], indices=r["indices"]
-            )
+        self.screening.reject(self.store, r, reason)
 
     def _cancel_stale(self, new: int, reason: str | None = None) -> None:
         """Units of older versions that did not make their step give their images back;
@@ -584,9 +483,3 @@ def _weighted(results: list[dict], key: str) -> float | None:
     if not pairs:
         return None
     return sum(v * w for v, w in pairs) / sum(w for _, w in pairs)
-
-
-def _check_finite(tensors: dict[str, torch.Tensor]) -> None:
-    for name, t in tensors.items():
-        if not torch.isfinite(t).all():
-            raise PayloadError(f"tensor {name} holds NaN or infinite values")

@@ -1,0 +1,144 @@
+"""Screening a step's results before anything is aggregated: payload checks, the norm check
+against the cohort, and spot checks. Every refusal is recorded with its reason, and the
+refused result's images go back to its epoch."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections import deque
+
+import torch
+
+from ganpool.aggregation.robust import compare, grad_norm, robust_z
+from ganpool.errors import PayloadError
+from ganpool.models.dcgan import Discriminator, Generator
+from ganpool.serialization.tensors import unpack
+from ganpool.settings import RunConfig
+from ganpool.store import Store
+from ganpool.training.gradients import payload_limit, result_manifest
+
+log = logging.getLogger(__name__)
+
+PHASES = ("both", "D", "G")
+NORM_HISTORY = 64  # accepted gradient norms remembered for the norm check
+MIN_NORM_COHORT = 8  # the norm check needs at least this many norms to judge by
+
+
+class Screening:
+    def __init__(self, run_id: int, cfg: RunConfig, g: Generator, d: Discriminator):
+        self.run_id, self.cfg = run_id, cfg
+        self.manifests = {phase: result_manifest(g, d, phase) for phase in PHASES}
+        self.max_payload = cfg.max_payload_bytes or payload_limit(self.manifests["both"])
+        # Gradient norms differ by phase: each phase is judged against its own history.
+        self.norm_history = {phase: deque(maxlen=NORM_HISTORY) for phase in PHASES}
+
+    def reload_history(self, store: Store) -> None:
+        """After a restart: the norms of the most recently applied results."""
+        for phase in PHASES:
+            recent = store.all("recent_norms", run_id=self.run_id, phase=phase, limit=NORM_HISTORY)
+            self.norm_history[phase] = deque(
+                (r["grad_norm"] for r in reversed(recent)), maxlen=NORM_HISTORY
+            )
+
+    def remember(self, phase: str, applied: list[dict]) -> None:
+        self.norm_history[phase].extend(r["grad_norm"] for r in applied)
+
+    def screen(self, store: Store, rows: list[dict]) -> tuple[list[tuple[dict, dict]], list[dict]]:
+        """Validate, norm-check and spot-check a step's results. Returns the results to apply
+        (with their tensors) and the rejected ones; every refusal is recorded with its reason."""
+        valid: dict[int, tuple[dict, dict]] = {}
+        rejected: list[dict] = []
+        for r in rows:
+            blob = store.blob("result_payload", "payload", result_id=r["id"])
+            try:
+                tensors = unpack(blob, self.manifests[r["phase"]], max_bytes=self.max_payload)
+                _check_finite(tensors)
+            except PayloadError as e:
+                self.reject(store, r, str(e))
+                rejected.append(r)
+                continue
+            r["grad_norm"] = grad_norm(tensors)
+            store.execute("set_grad_norm", result_id=r["id"], grad_norm=r["grad_norm"])
+            valid[r["unit_id"]] = (r, tensors)
+
+        # Norm check: a result far from the cohort (recent history plus this step) is refused.
+        if self.cfg.norm_z_max:
+            phase = rows[0]["phase"] if rows else "both"
+            reference = [*self.norm_history[phase], *(r["grad_norm"] for r, _ in valid.values())]
+            if len(reference) >= MIN_NORM_COHORT:
+                median = statistics.median(reference)
+                for unit_id, (r, _) in list(valid.items()):
+                    z = robust_z(r["grad_norm"], reference)
+                    if z > self.cfg.norm_z_max:
+                        self.reject(
+                            store,
+                            r,
+                            f"gradient norm {r['grad_norm']:.4g} is {z:.1f} robust deviations "
+                            f"from the cohort's median {median:.4g} "
+                            f"(limit {self.cfg.norm_z_max:g})",
+                        )
+                        rejected.append(r)
+                        del valid[unit_id]
+
+        # Spot checks: a unit and its twin, computed by two workers, must agree.
+        for unit_id, (twin, twin_tensors) in list(valid.items()):
+            original_id = twin["twin_of"]
+            if original_id is None:
+                continue
+            del valid[unit_id]  # a twin is never applied itself: it only checks the original
+            if original_id not in valid:
+                store.execute("verify_result", result_id=twin["id"])
+                store.execute("delete_payload", result_id=twin["id"])
+                continue
+            original, tensors = valid[original_id]
+            cosine, rel_norm = compare(tensors, twin_tensors)
+            agreed = (
+                cosine >= self.cfg.spot_check_cosine and rel_norm <= self.cfg.spot_check_rel_norm
+            )
+            store.execute(
+                "record_spot_check",
+                run_id=self.run_id,
+                unit_id=original_id,
+                twin_id=unit_id,
+                worker_a=original["worker_id"],
+                worker_b=twin["worker_id"],
+                cosine=cosine,
+                rel_norm=rel_norm,
+                agreed=agreed,
+            )
+            # Two workers disagreeing cannot tell who is wrong: both lose trust. Only a worker
+            # that has disagreed with two or more different peers can be disabled for it.
+            for worker_id in {original["worker_id"], twin["worker_id"]}:
+                store.execute("update_trust", worker_id=worker_id, agreed=agreed)
+                if self.cfg.disable_below_trust:
+                    store.execute(
+                        "disable_untrusted", worker_id=worker_id, below=self.cfg.disable_below_trust
+                    )
+            if agreed:
+                store.execute("verify_result", result_id=twin["id"])
+                store.execute("delete_payload", result_id=twin["id"])
+            else:
+                reason = (
+                    f"spot check failed: two workers computed unit {original_id} and disagreed "
+                    f"(cosine {cosine:.3f}, norms differ by {rel_norm:.1%}); both results held out"
+                )
+                for r in (original, twin):
+                    self.reject(store, r, reason)
+                    rejected.append(r)
+                del valid[original_id]
+        return sorted(valid.values(), key=lambda rt: rt[0]["seq"]), rejected
+
+    def reject(self, store: Store, r: dict, reason: str) -> None:
+        log.warning("rejected result %d of worker %d: %s", r["id"], r["worker_id"], reason)
+        store.execute("reject_result", run_id=self.run_id, result_id=r["id"], reason=reason)
+        store.execute("delete_payload", result_id=r["id"])
+        # A twin's images are its original's, a G unit's were counted in its D phase.
+        if r.get("twin_of") is None and r.get("phase") != "G":
+            store.execute("give_back", run_id=self.run_id, epoch=r["epoch"], indices=r["indices"])
+
+
+def _check_finite(tensors: dict[str, torch.Tensor]) -> None:
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise PayloadError(f"tensor {name} holds NaN or infinite values")
