@@ -35,7 +35,7 @@ CONFIGS = [
 ]
 
 
-def train_distributed(dsn: str, name: str, cfg, workers: int) -> torch.nn.Module:
+def train_distributed(dsn: str, name: str, cfg, workers: int) -> tuple[torch.nn.Module, int]:
     store = Store(connect(dsn))
     run = create_run(store, name, cfg, builtin_faces(cfg.image_size, cfg.channels))
     store.close()
@@ -49,7 +49,11 @@ def train_distributed(dsn: str, name: str, cfg, workers: int) -> torch.nn.Module
         t.start()
     for t in threads:
         t.join()
-    return coordinator.state.g
+    with connect(dsn) as conn:
+        refused = conn.execute(
+            "SELECT count(*) FROM rejections WHERE run_id = %s", (run.id,)
+        ).fetchone()["count"]
+    return coordinator.state.g, refused
 
 
 def main() -> None:
@@ -86,10 +90,11 @@ def main() -> None:
                     },
                 )
                 t0 = time.perf_counter()
+                refused = 0
                 if where == "local":
                     g = train_local(cfg, faces, args.steps).g
                 else:
-                    g = train_distributed(dsn, f"{rule}-{workers}-{seed}", cfg, workers)
+                    g, refused = train_distributed(dsn, f"{rule}-{workers}-{seed}", cfg, workers)
                 walls.append(time.perf_counter() - t0)
                 q = generator_quality(
                     g,
@@ -103,7 +108,7 @@ def main() -> None:
                 kids.append(q.kid)
                 print(
                     f"{label:<40} seed {seed}: KID {q.kid:.4f} (± {q.kid_std:.4f} over "
-                    f"subsets), FID {q.fid:.1f}, {walls[-1]:.0f} s",
+                    f"subsets), FID {q.fid:.1f}, {walls[-1]:.0f} s, {refused} results refused",
                     flush=True,
                 )
             table.append((label, kids, walls))

@@ -40,7 +40,7 @@ def create_run(store: Store, name: str, cfg: RunConfig, dataset: Dataset) -> Run
         g, d = build_models(cfg.model, cfg.seed)
         cfg = cfg.replace(max_payload_bytes=payload_limit(result_manifest(g, d)))
     try:
-        row = store.one(
+        store.one(
             "insert_run",
             name=name,
             config=json.dumps(cfg.to_dict()),
@@ -51,7 +51,7 @@ def create_run(store: Store, name: str, cfg: RunConfig, dataset: Dataset) -> Run
         raise GanpoolError(
             f"a run named {name!r} already exists; choose another --run name"
         ) from None
-    return find_run(store, name) if row else None  # type: ignore[return-value]
+    return find_run(store, name)
 
 
 def find_run(store: Store, name: str | None) -> Run:

@@ -119,7 +119,7 @@ def test_a_gradient_far_from_the_cohort_is_rejected_by_the_norm_check(embedded_d
     assert a.submit(ua)["accepted"]
     coordinator.tick()
     assert coordinator.version == 6
-    assert "robust deviations from the cohort's median" in b.rejections()[-1]
+    assert "x the cohort's median (robust z" in b.rejections()[-1]
     with connect(embedded_db) as conn:
         last = conn.execute(
             "SELECT unit_id FROM version_contributions WHERE version = 6"

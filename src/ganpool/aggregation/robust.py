@@ -43,13 +43,12 @@ def compare(a: Tensors, b: Tensors) -> tuple[float, float]:
     return float(fa @ fb) / (na * nb), abs(na - nb) / max(na, nb)
 
 
-def robust_z(value: float, reference: Sequence[float]) -> float:
+def robust_z(value: float, reference: Sequence[float], min_scale: float = 1e-12) -> float:
     """How far `value` lies from the reference's median, in robust standard deviations
-    (1.4826 x MAD, floored at 5% of the median so that a very steady cohort is not brittle)."""
+    (1.4826 x MAD, but at least `min_scale`)."""
     med = statistics.median(reference)
     mad = statistics.median(abs(x - med) for x in reference)
-    scale = max(1.4826 * mad, 0.05 * abs(med), 1e-12)
-    return abs(value - med) / scale
+    return abs(value - med) / max(1.4826 * mad, min_scale)
 
 
 def aggregate(

@@ -307,7 +307,6 @@ class Coordinator:
         )
         accepted = [r for r, _ in accepted]
         phase = self.cfg.phase_of(v)
-        self.screening.remember(phase, accepted)
 
         new = v + 1
         images = sum(r["samples"] for r in accepted)

@@ -5,8 +5,10 @@ refused result's images go back to its epoch."""
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from collections import deque
+from collections.abc import Sequence
 
 import torch
 
@@ -41,9 +43,6 @@ class Screening:
                 (r["grad_norm"] for r in reversed(recent)), maxlen=NORM_HISTORY
             )
 
-    def remember(self, phase: str, applied: list[dict]) -> None:
-        self.norm_history[phase].extend(r["grad_norm"] for r in applied)
-
     def screen(self, store: Store, rows: list[dict]) -> tuple[list[tuple[dict, dict]], list[dict]]:
         """Validate, norm-check and spot-check a step's results. Returns the results to apply
         (with their tensors) and the rejected ones; every refusal is recorded with its reason."""
@@ -63,23 +62,22 @@ class Screening:
             valid[r["unit_id"]] = (r, tensors)
 
         # Norm check: a result far from the cohort (recent history plus this step) is refused.
+        phase = rows[0]["phase"] if rows else "both"
+        norms = {unit_id: r["grad_norm"] for unit_id, (r, _) in valid.items()}
         if self.cfg.norm_z_max:
-            phase = rows[0]["phase"] if rows else "both"
-            reference = [*self.norm_history[phase], *(r["grad_norm"] for r, _ in valid.values())]
-            if len(reference) >= MIN_NORM_COHORT:
-                median = statistics.median(reference)
-                for unit_id, (r, _) in list(valid.items()):
-                    z = robust_z(r["grad_norm"], reference)
-                    if z > self.cfg.norm_z_max:
-                        self.reject(
-                            store,
-                            r,
-                            f"gradient norm {r['grad_norm']:.4g} is {z:.1f} robust deviations "
-                            f"from the cohort's median {median:.4g} "
-                            f"(limit {self.cfg.norm_z_max:g})",
-                        )
-                        rejected.append(r)
-                        del valid[unit_id]
+            history = self.norm_history[phase]
+            for unit_id, ratio, z in norm_outliers(history, norms, self.cfg.norm_z_max):
+                r = valid.pop(unit_id)[0]
+                self.reject(
+                    store,
+                    r,
+                    f"gradient norm {r['grad_norm']:.4g} is {ratio:.3g}x the cohort's median "
+                    f"(robust z {z:.1f} on a log scale, limit {self.cfg.norm_z_max:g})",
+                )
+                rejected.append(r)
+        # Every validated norm joins the history, refused or not: the median then follows a
+        # real drift within a few steps, while a minority of outliers cannot move it.
+        self.norm_history[phase].extend(norms.values())
 
         # Spot checks: a unit and its twin, computed by two workers, must agree.
         for unit_id, (twin, twin_tensors) in list(valid.items()):
@@ -136,6 +134,25 @@ class Screening:
         # A twin's images are its original's, a G unit's were counted in its D phase.
         if r.get("twin_of") is None and r.get("phase") != "G":
             store.execute("give_back", run_id=self.run_id, epoch=r["epoch"], indices=r["indices"])
+
+
+def norm_outliers(
+    history: Sequence[float], norms: dict[int, float], z_max: float
+) -> list[tuple[int, float, float]]:
+    """(key, norm / median, robust z) of the norms too far from the reference (the history
+    plus these norms), judged on log norms: a norm 1000x the median is far, the natural drift
+    of a GAN's gradients (a factor of two over a few hundred steps) is not. The scale is
+    floored at 0.25 in log units, so a very steady cohort does not turn brittle."""
+    reference = [math.log(x) for x in (*history, *norms.values()) if x > 0]
+    if len(reference) < MIN_NORM_COHORT:
+        return []
+    median = statistics.median(reference)
+    out = []
+    for key, norm in norms.items():
+        z = robust_z(math.log(norm), reference, min_scale=0.25) if norm > 0 else math.inf
+        if z > z_max:
+            out.append((key, norm / math.exp(median), z))
+    return out
 
 
 def _check_finite(tensors: dict[str, torch.Tensor]) -> None:

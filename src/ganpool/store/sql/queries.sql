@@ -350,11 +350,10 @@ VACUUM (SKIP_LOCKED) result_payloads, version_weights, coordinator_state, sample
 UPDATE results SET grad_norm = %(grad_norm)s WHERE id = %(result_id)s;
 
 -- recent_norms --
--- Gradient norms of the most recently applied results of one phase, for the norm check
--- after a restart.
+-- Gradient norms measured on the most recent results of one phase (applied or refused),
+-- for the norm check after a restart.
 SELECT r.grad_norm FROM results AS r JOIN work_units AS u ON u.id = r.unit_id
-WHERE r.run_id = %(run_id)s AND r.status = 'applied' AND r.grad_norm IS NOT NULL
-  AND u.phase = %(phase)s
+WHERE r.run_id = %(run_id)s AND r.grad_norm IS NOT NULL AND u.phase = %(phase)s
 ORDER BY r.id DESC LIMIT %(limit)s;
 
 -- insert_g_units --
