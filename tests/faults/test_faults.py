@@ -163,6 +163,8 @@ def test_a_second_coordinator_is_refused(cluster, capsys):
     c.coordinator()
     c.worker("w1")
     c.wait_for(lambda: c.version() >= 1)
+    # Paused, so the run cannot finish (and free the lock) before the second one starts.
+    c.query("UPDATE runs SET status = 'paused' WHERE id = %s RETURNING id", c.run.id)
     second = subprocess.run(
         [sys.executable, "-m", "ganpool", "coordinator", "--db", c.dsn, "--run", c.run.name],
         capture_output=True,
@@ -174,6 +176,7 @@ def test_a_second_coordinator_is_refused(cluster, capsys):
         "ganpool: error: another coordinator is already running run 'drill'; "
         "stop it first (only one coordinator per run)"
     ]
+    c.query("UPDATE runs SET status = 'running' WHERE id = %s RETURNING id", c.run.id)
     c.wait_finished()
     c.wait_exit()
     assert_trained_exactly_once(c, TARGET)
