@@ -208,7 +208,8 @@ def cmd_status(args) -> int:
     run = find_run(store, args.run)
     s = store.one("run_summary", run_id=run.id)
     print(
-        f"run {s['name']!r}: {s['status']}, step {max(0, s['current_version'])}, "
+        f"run {s['name']!r}: {s['status']}, "
+        f"step {max(0, s['current_version']) // run.config.versions_per_step}, "
         f"epoch {s['epochs']:.2f}, {s['images_applied']} images applied, "
         f"{s['workers_online']} worker(s) online"
     )

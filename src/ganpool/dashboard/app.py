@@ -26,6 +26,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, Field
 
+from ganpool.settings import RunConfig
 from ganpool.store.queries import named_queries
 
 RunName = Annotated[str, Path(min_length=1, max_length=200)]
@@ -160,6 +161,7 @@ def create_app(
         if not rows:
             raise HTTPException(404, f"no run named {run!r}")
         p = rows[0]
+        p["step"] //= RunConfig.from_dict(p["config"]).versions_per_step
         window = min(60.0, float(p["running_s"] or 0))  # the last minute, or since the start
         rate = float(p["images_last_minute"]) / window if window > 0 else 0.0
         cfg = p["config"]

@@ -79,6 +79,7 @@ def run_demo(workers: int, steps: int, out: Path, db: str | None = None) -> dict
         cfg = load_run_config(preset="small", overrides={"max_steps": steps})
         dataset = builtin_faces(cfg.image_size, cfg.channels)
         run = create_run(store, f"demo-{time.strftime('%Y%m%d-%H%M%S')}", cfg, dataset)
+        vps = cfg.versions_per_step  # the alternating rule publishes two versions per step
         print(
             f"created run {run.name!r}: {len(dataset)} built-in faces, {steps} steps, "
             f"{workers} workers",
@@ -117,7 +118,8 @@ def run_demo(workers: int, steps: int, out: Path, db: str | None = None) -> dict
                 s = store.one("run_summary", run_id=run.id)
                 rate = s["images_applied"] / max(1e-9, time.monotonic() - started)
                 print(
-                    f"step {max(0, s['current_version'])}/{steps} | epoch {s['epochs']:.2f} | "
+                    f"step {max(0, s['current_version']) // vps}/{steps} | "
+                    f"epoch {s['epochs']:.2f} | "
                     f"{rate:.1f} img/s | workers online {s['workers_online']}",
                     flush=True,
                 )
@@ -130,7 +132,7 @@ def run_demo(workers: int, steps: int, out: Path, db: str | None = None) -> dict
         s = store.one("run_summary", run_id=run.id)
         summary = {
             "run": run.name,
-            "steps_completed": s["current_version"],
+            "steps_completed": s["current_version"] // vps,
             "epochs_completed": round(float(s["epochs"]), 4),
             "images_processed": int(s["images_applied"]),
             "units_applied": int(s["units_applied"]),
