@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--kid-samples", type=int, default=200)
+    ap.add_argument("--only", help="run only the configurations whose label contains this")
     args = ap.parse_args()
     torch.set_num_threads(1)
     faces = builtin_faces()
@@ -78,6 +79,8 @@ def main() -> None:
         with connect(dsn) as conn:
             migrate(conn)
         for label, where, rule, workers in CONFIGS:
+            if args.only and args.only not in label:
+                continue
             kids, walls = [], []
             for seed in args.seeds:
                 cfg = load_run_config(

@@ -15,7 +15,10 @@ from ganpool.worker import Worker
 
 
 def make_run(dsn: str, name: str = "t", **overrides) -> Run:
-    cfg = load_run_config(preset="small", overrides={"sample_every": 1000, **overrides})
+    # Protocol tests state the one-phase rule, so that one step is one version; the
+    # alternating rule has tests of its own.
+    defaults = {"sample_every": 1000, "update_rule": "simultaneous"}
+    cfg = load_run_config(preset="small", overrides={**defaults, **overrides})
     store = Store(connect(dsn))
     try:
         return create_run(store, name, cfg, builtin_faces(cfg.image_size, cfg.channels))

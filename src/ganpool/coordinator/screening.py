@@ -139,10 +139,10 @@ class Screening:
 def norm_outliers(
     history: Sequence[float], norms: dict[int, float], z_max: float
 ) -> list[tuple[int, float, float]]:
-    """(key, norm / median, robust z) of the norms too far from the reference (the history
-    plus these norms), judged on log norms: a norm 1000x the median is far, the natural drift
-    of a GAN's gradients (a factor of two over a few hundred steps) is not. The scale is
-    floored at 0.25 in log units, so a very steady cohort does not turn brittle."""
+    """(key, norm / median, robust z) of this step's norms that lie too far from the
+    reference (the history plus these norms), judged on log norms: a norm 1000x the median is
+    far, a factor of two is not. The scale is floored at 0.25 in log units, so a very steady
+    cohort does not turn brittle. Only a minority of a step's results can be refused."""
     reference = [math.log(x) for x in (*history, *norms.values()) if x > 0]
     if len(reference) < MIN_NORM_COHORT:
         return []
@@ -152,6 +152,11 @@ def norm_outliers(
         z = robust_z(math.log(norm), reference, min_scale=0.25) if norm > 0 else math.inf
         if z > z_max:
             out.append((key, norm / math.exp(median), z))
+    # When most of a step's results jump together, the gradients moved (GAN training has
+    # such spikes), not the workers: refusing them all would only stall the run. The threat
+    # model is a minority of bad workers.
+    if len(out) * 2 > len(norms):
+        return []
     return out
 
 
