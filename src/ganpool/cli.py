@@ -104,13 +104,22 @@ def cmd_coordinator(args) -> int:
     started = time.monotonic()
     images = 0
 
+    vps = run.config.versions_per_step
+    phase_label = {"both": "", "D": " (D phase)", "G": " (G phase)"}
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
     def on_step(r) -> None:
         nonlocal images
-        images += r.images
+        phase = run.config.phase_of(r.version - 1)
+        if phase != "G":  # a G phase reuses its D phase's images
+            images += r.images
         rate = images / max(1e-9, time.monotonic() - started)
         print(
-            f"step {r.version:5d} | epoch {r.epochs:6.2f} | {rate:7.1f} img/s | "
-            f"G {r.g_loss:.3f} D {r.d_loss:.3f} | D(x) {r.d_real:.2f} D(G(z)) {r.d_fake:.2f} | "
+            f"step {r.version / vps:7.1f}{phase_label[phase]} | epoch {r.epochs:6.2f} | "
+            f"{rate:7.1f} img/s | G {fmt(r.g_loss, '.3f')} D {fmt(r.d_loss, '.3f')} | "
+            f"D(x) {fmt(r.d_real, '.2f')} D(G(z)) {fmt(r.d_fake, '.2f')} | "
             f"workers {r.workers} | {r.seconds * 1000:.0f} ms",
             flush=True,
         )

@@ -52,7 +52,9 @@ def test_demo_writes_summary_and_samples_and_stops_everything(tmp_path):
     ):
         assert key in summary, key
     assert summary["steps_completed"] == 5
-    assert summary["units_applied"] == 10  # small preset: N = 2 units of 25 per step
+    # Small preset: N = 2 units of 25 images per step, each computed in a D and a G phase
+    # (the alternating rule, the default); the images count once.
+    assert summary["units_applied"] == 20
     assert summary["images_processed"] == 250
     assert summary["epochs_completed"] == pytest.approx(2.5)
     assert isinstance(summary["epochs_completed"], float)
@@ -194,7 +196,7 @@ def test_a_student_joins_with_one_string_and_is_turned_away_once_disabled(
         w = ganpool("worker", "--join", join, "--run", "cls", "--threads", "1", timeout=120)
         assert w.returncode == 0, w.stdout + w.stderr
         assert f"[{name}] joined run 'cls'" in w.stdout
-        assert f"[{name}] done: 6 units" in w.stdout
+        assert f"[{name}] done: 12 units" in w.stdout  # 3 steps x 2 units x (D, G)
         assert coordinator.wait(timeout=60) == 0
     finally:
         if coordinator.poll() is None:

@@ -66,10 +66,10 @@ class StepReport:
     units: int
     workers: int
     rejected: int
-    g_loss: float
-    d_loss: float
-    d_real: float
-    d_fake: float
+    g_loss: float | None  # None where the phase did not compute it
+    d_loss: float | None
+    d_real: float | None
+    d_fake: float | None
     epochs: float
     seconds: float
 
@@ -228,7 +228,7 @@ class Coordinator:
             if not self.store.conn.broken and not self.store.conn.closed:
                 self._reload()
             raise
-        every = self.cfg.quality_every
+        every = self.cfg.quality_every * self.cfg.versions_per_step
         if every and self.version // every != before // every:
             self._measure_quality()  # slow (Inception on the CPU): after the step's commit
         if self.version // VACUUM_EVERY != before // VACUUM_EVERY:
@@ -283,7 +283,7 @@ class Coordinator:
 
     def _finish(self) -> None:
         self._cancel_stale(2**31 - 1, "the run ended before this result could be applied")
-        if self.version % self.cfg.sample_every:
+        if self.version % (self.cfg.sample_every * self.cfg.versions_per_step):
             self._store_sample(self.version)  # the final version's grid, always
         self.store.execute("set_run_status", run_id=self.run.id, status="finished")
         self.store.execute("notify_run_status", run_id=self.run.id)
@@ -408,7 +408,7 @@ class Coordinator:
         self.store.execute(
             "prune_weights", run_id=self.run.id, keep_from=version - c.keep_versions + 1
         )
-        if version % c.sample_every == 0:
+        if version % (c.sample_every * c.versions_per_step) == 0:
             self._store_sample(version)
 
     def _store_sample(self, version: int) -> None:
@@ -417,7 +417,8 @@ class Coordinator:
         if self.out_dir:
             folder = self.out_dir / "samples"
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"step_{version:06d}.png").write_bytes(png)
+            step = version // self.cfg.versions_per_step
+            (folder / f"step_{step:06d}.png").write_bytes(png)
 
     def _issue_units(self, version: int, count: int) -> None:
         phase = self.cfg.phase_of(version)

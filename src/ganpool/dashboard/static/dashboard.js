@@ -109,7 +109,7 @@ function showSample() {
   if (v == null) return;
   document.getElementById("sample").src =
     "/api/runs/" + encodeURIComponent(run) + "/samples/" + v + ".png";
-  document.getElementById("sample-version").textContent = "step " + v;
+  document.getElementById("sample-version").textContent = "version " + v;
 }
 
 document.getElementById("sample-slider").addEventListener("input", e => {
