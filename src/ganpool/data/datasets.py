@@ -77,7 +77,34 @@ def builtin_faces(size: int = 32, channels: int = 1) -> InMemoryImages:
     return InMemoryImages(images, "faces-" + digest.hexdigest()[:16], faces)
 
 
-class ImageFolder:
+def folder_fingerprint(names_and_sizes: list[tuple[str, int]], size: int, channels: int) -> str:
+    """Image paths (relative, sorted) and file sizes: cheap on 200k files, and the same for a
+    folder and the zip holding it."""
+    digest = hashlib.sha256(b"folder-v1|%d|%d|" % (size, channels))
+    for name, nbytes in names_and_sizes:
+        digest.update(name.encode() + b"|%d\n" % nbytes)
+    return "folder-" + digest.hexdigest()[:16]
+
+
+class _EncodedFiles:
+    """Images decoded on demand from their encoded bytes (`encoded(i)`, in subclasses)."""
+
+    kind = "folder"
+    files: list[str]
+    size: int
+    channels: int
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def encoded(self, i: int) -> bytes:
+        raise NotImplementedError
+
+    def batch(self, indices: list[int]) -> torch.Tensor:
+        return torch.stack([decode(self.encoded(i), self.size, self.channels) for i in indices])
+
+
+class ImageFolder(_EncodedFiles):
     """Every image file under `root` in sorted relative-path order, decoded on demand.
 
     Reads the CelebA `img_align_celeba/` layout (or the folder that contains it) as well as
@@ -100,28 +127,15 @@ class ImageFolder:
             raise GanpoolError(
                 f"dataset folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})"
             )
-        digest = hashlib.sha256(b"folder-v1|%d|%d|" % (size, channels))
-        for name in self.files:
-            digest.update(name.encode() + b"|%d\n" % (root / name).stat().st_size)
-        self.fingerprint = "folder-" + digest.hexdigest()[:16]
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    kind = "folder"
-
-    def batch(self, indices: list[int]) -> torch.Tensor:
-        out = []
-        for i in indices:
-            with Image.open(self.root / self.files[i]) as img:
-                out.append(to_tensor(img, self.size, self.channels))
-        return torch.stack(out)
+        self.fingerprint = folder_fingerprint(
+            [(name, (root / name).stat().st_size) for name in self.files], size, channels
+        )
 
     def encoded(self, i: int) -> bytes:
         return (self.root / self.files[i]).read_bytes()
 
 
-class ZipImages:
+class ZipImages(_EncodedFiles):
     """The images inside a zip (CelebA's `img_align_celeba.zip`), read without extracting.
 
     Ordered and fingerprinted by their path inside the archive, with any leading
@@ -147,22 +161,11 @@ class ZipImages:
             raise GanpoolError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self.files = sorted(members)
         self._members = [members[k] for k in self.files]
-        digest = hashlib.sha256(b"folder-v1|%d|%d|" % (size, channels))
-        for name, info in zip(self.files, self._members, strict=True):
-            digest.update(name.encode() + b"|%d\n" % info.file_size)
-        self.fingerprint = "folder-" + digest.hexdigest()[:16]
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    kind = "folder"
-
-    def batch(self, indices: list[int]) -> torch.Tensor:
-        out = []
-        for i in indices:
-            with self.archive.open(self._members[i]) as f, Image.open(f) as img:
-                out.append(to_tensor(img, self.size, self.channels))
-        return torch.stack(out)
+        self.fingerprint = folder_fingerprint(
+            [(name, info.file_size) for name, info in zip(self.files, self._members, strict=True)],
+            size,
+            channels,
+        )
 
     def encoded(self, i: int) -> bytes:
         return self.archive.read(self._members[i])
