@@ -82,6 +82,22 @@ def test_wrong_password_is_refused(klass, embedded_server):
         connect(bad)
 
 
+def _submit_junk(store: Store, worker_id: int, unit: dict) -> dict:
+    """Submit a non-result for `unit`: only the database's answer matters here."""
+    return store.execute_binary(
+        "submit_result",
+        worker_id=worker_id,
+        unit_id=unit["unit_id"],
+        attempt=unit["attempt"],
+        payload=b"x",
+        g_loss=0.0,
+        d_loss=0.0,
+        d_real=0.0,
+        d_fake=0.0,
+        compute_seconds=0.0,
+    )
+
+
 FORBIDDEN = [
     ("UPDATE version_weights SET weights = '\\x00'", "weights"),
     ("DELETE FROM version_weights", "weights"),
@@ -142,18 +158,7 @@ def test_a_student_cannot_act_for_another_students_worker(klass):
         with pytest.raises(Denied, match="belongs to another login"):
             alice.one(query, **params)
     with pytest.raises(Denied):
-        alice.execute_binary(
-            "submit_result",
-            worker_id=bobs,
-            unit_id=unit["unit_id"],
-            attempt=unit["attempt"],
-            payload=b"x",
-            g_loss=0.0,
-            d_loss=0.0,
-            d_real=0.0,
-            d_fake=0.0,
-            compute_seconds=0.0,
-        )
+        _submit_junk(alice, bobs, unit)
 
 
 def test_a_student_cannot_submit_for_a_unit_someone_else_holds(klass):
@@ -161,18 +166,7 @@ def test_a_student_cannot_submit_for_a_unit_someone_else_holds(klass):
     run = klass["run"]
     mine, bobs = _register(alice, run.id), _register(bob, run.id)
     unit = bob.one("claim_unit", worker_id=bobs)
-    verdict = alice.execute_binary(
-        "submit_result",
-        worker_id=mine,
-        unit_id=unit["unit_id"],
-        attempt=unit["attempt"],
-        payload=b"x",
-        g_loss=0.0,
-        d_loss=0.0,
-        d_real=0.0,
-        d_fake=0.0,
-        compute_seconds=0.0,
-    )
+    verdict = _submit_junk(alice, mine, unit)
     assert not verdict["accepted"] and "lease lost" in verdict["reason"]
     assert (
         klass["instructor"].conn.execute("SELECT count(*) AS n FROM results").fetchone()["n"] == 0
@@ -186,18 +180,7 @@ def test_a_student_reads_only_their_own_rejections(klass):
     for store, me in ((alice, mine), (bob, bobs)):
         unit = store.one("claim_unit", worker_id=me)
         store.one("release_unit", worker_id=me, unit_id=unit["unit_id"], attempt=unit["attempt"])
-        store.execute_binary(  # no longer held: refused, and the reason recorded
-            "submit_result",
-            worker_id=me,
-            unit_id=unit["unit_id"],
-            attempt=unit["attempt"],
-            payload=b"x",
-            g_loss=0.0,
-            d_loss=0.0,
-            d_real=0.0,
-            d_fake=0.0,
-            compute_seconds=0.0,
-        )
+        _submit_junk(store, me, unit)  # no longer held: refused, and the reason recorded
     total = klass["instructor"].conn.execute("SELECT count(*) AS n FROM rejections").fetchone()["n"]
     assert total == 2
     seen = alice.conn.execute("SELECT worker_id FROM rejections").fetchall()

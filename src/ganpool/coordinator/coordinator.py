@@ -122,7 +122,7 @@ class Coordinator:
             self.store.execute("start_run", run_id=self.run.id)
             if row["current_version"] < 0:
                 self._publish(0, images=0, epochs=0.0)
-                self._issue_units(0, self.cfg.units_issued_per_step)
+                self._issue_units(0)
                 self.store.execute("notify_version", run_id=self.run.id, version=0)
                 self.version = 0
                 log.info("run %s: published version 0", self.run.name)
@@ -267,7 +267,7 @@ class Coordinator:
                 return True
         # Top up the current version's units: after a step, or after rejections gave
         # images back.
-        self._issue_units(run["current_version"], self.cfg.units_issued_per_step)
+        self._issue_units(run["current_version"])
         return False
 
     def _limit_reached(self, run: dict) -> bool:
@@ -420,13 +420,14 @@ class Coordinator:
             step = version // self.cfg.versions_per_step
             (folder / f"step_{step:06d}.png").write_bytes(png)
 
-    def _issue_units(self, version: int, count: int) -> None:
+    def _issue_units(self, version: int) -> None:
+        """Bring the version's live units up to units_per_step (a G phase: its D units)."""
         phase = self.cfg.phase_of(version)
         if phase == "G":  # the G phase redoes the D phase's units, images and noise
             self.store.execute("insert_g_units", run_id=self.run.id, version=version)
             return
         live = self.store.one("count_live_units", run_id=self.run.id, version=version)["n"]
-        count -= live
+        count = self.cfg.units_issued_per_step - live
         if count <= 0:
             return
         run = self.store.one("lock_run", run_id=self.run.id)

@@ -144,6 +144,7 @@ class Worker:
         self.store: Store | None = None
         self._stopping = threading.Event()
         self._seen_rejection = 0
+        self._standing_version = -1
         self._unsent: tuple[dict, dict] | None = None
 
     def stop(self) -> None:
@@ -290,8 +291,12 @@ class Worker:
             self._seen_rejection = r["id"]
             p.rejected += 1
             log.warning("unit %s rejected: %s", r["unit_id"], r["reason"])
-        standing = self.store.one("my_standing", worker_id=self.worker_id)
-        if standing:
-            p.place, p.of_workers = standing["place"], standing["of_workers"]
+        # The leaderboard moves only when a version is published: ask once per version, not
+        # once per unit (it aggregates the whole run's contributions).
+        if self._standing_version != p.version:
+            self._standing_version = p.version
+            standing = self.store.one("my_standing", worker_id=self.worker_id)
+            if standing:
+                p.place, p.of_workers = standing["place"], standing["of_workers"]
         if self.on_unit:
             self.on_unit(p)
