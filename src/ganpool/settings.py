@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ganpool.errors import ConfigError
 from ganpool.models.dcgan import ModelConfig
 
 DATASETS = ("faces", "folder")
 STALENESS_POLICIES = ("reject",)
 AGGREGATIONS = ("mean", "clip", "trimmed_mean", "median")
+TRANSPORTS = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class RunConfig:
     # the new D) or "simultaneous" (both gradients on one version: half the round trips).
     # The default is the rule that trained better at equal images (docs/quality.md).
     update_rule: str = "alternating"
+    # The dtype gradients travel in: "bfloat16" or "float16" halve every upload (the
+    # coordinator still sums and steps in full precision). docs/performance.md has the study.
+    transport: str = "float32"
     # optimiser (the paper's Adam)
     lr_g: float = 2e-4
     lr_d: float = 2e-4
@@ -90,6 +96,10 @@ class RunConfig:
         if self.update_rule != "alternating":
             return "both"
         return "D" if version % 2 == 0 else "G"
+
+    @property
+    def transport_dtype(self) -> torch.dtype:
+        return getattr(torch, self.transport)
 
     @property
     def units_issued_per_step(self) -> int:
@@ -173,6 +183,7 @@ def validate(c: RunConfig) -> None:
         _check(v >= 0, name, v, "must be >= 0 (0 means no limit)")
     _check(c.max_payload_bytes >= 0, "max_payload_bytes", c.max_payload_bytes, "must be >= 0")
     _check(c.norm_z_max >= 0, "norm_z_max", c.norm_z_max, "must be >= 0 (0 turns the check off)")
+    _check(c.transport in TRANSPORTS, "transport", c.transport, f"one of {TRANSPORTS}")
     _check(c.aggregation in AGGREGATIONS, "aggregation", c.aggregation, f"one of {AGGREGATIONS}")
     _check(0 <= c.trim_fraction < 0.5, "trim_fraction", c.trim_fraction, "must be in [0, 0.5)")
     _check(c.clip_factor > 0, "clip_factor", c.clip_factor, "must be > 0")

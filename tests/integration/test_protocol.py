@@ -101,7 +101,7 @@ def test_a_late_result_is_rejected_with_its_reason_and_its_images_go_back(db):
 
 def test_bad_payloads_are_rejected_with_reasons_never_applied(db):
     run = make_run(db, unit_size=10, results_per_step=2)
-    coordinator = Coordinator(db, run)
+    coordinator = Coordinator(db, run, checkpoint_s=0)  # a checkpoint after every step
     coordinator.start()
     good, bad = FakeStudent(db, run, "good"), FakeStudent(db, run, "bad")
     u1, u2 = good.claim(), bad.claim()

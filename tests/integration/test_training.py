@@ -1,5 +1,7 @@
 """Training through a real PostgreSQL server, against the single-process reference."""
 
+import threading
+
 import torch
 
 from ganpool.data.datasets import builtin_faces
@@ -124,3 +126,42 @@ def test_alternating_rule_distributed_equals_the_papers_loop(db):
     ).fetchall()
     assert [(m["no_g"], m["no_d"]) for m in metrics] == [(True, False), (False, True)] * 3
     store.close()
+
+
+def test_a_restart_replays_the_steps_after_its_checkpoint_exactly(db):
+    """Applied payloads stay until a checkpoint holds their effect: a coordinator that dies
+    between checkpoints is replaced by one that replays those steps, bit for bit."""
+    from ganpool.coordinator import Coordinator
+    from ganpool.worker import Worker
+    from tests.helpers import Threads
+
+    run = make_run(db, max_steps=6, unit_size=20, results_per_step=2, transport="bfloat16")
+    first = Coordinator(db, run, poll_s=0.1, checkpoint_s=1e9)  # none after version 0's
+    coordinator_thread = threading.Thread(target=first.serve, args=(lambda: first.version >= 4,))
+    coordinator_thread.start()
+    threads = Threads()
+    for i in range(2):
+        threads.start(Worker(db, run, f"w{i}", poll_s=0.1).serve)
+    coordinator_thread.join(60)
+    assert not coordinator_thread.is_alive() and first.version >= 4
+    store = Store(connect(db))
+    assert store.one("coordinator_state", run_id=run.id)["version"] == 0
+    kept = store.conn.execute(
+        "SELECT count(*) AS n FROM result_payloads AS p JOIN results AS r ON r.id = p.result_id "
+        "WHERE r.status = 'applied'"
+    ).fetchone()["n"]
+    store.close()
+    assert kept == 2 * first.version  # every applied result, kept for a replay
+    # A second coordinator (the first has let go) replays versions 1.. from their results.
+    second = Coordinator(db, run, poll_s=0.1, checkpoint_s=0)
+    second.start()
+    assert second.version == first.version
+    for name, t in first.state.optimizer_tensors().items():
+        assert torch.equal(second.state.optimizer_tensors()[name], t), name
+    threads.start(second.serve)
+    threads.join(90)
+    assert second.version == 6
+    reference = train_local(run.config, builtin_faces(32, 1), steps=6).weights()
+    distributed = _weights_at(db, run, 6)
+    for name, want in reference.items():
+        torch.testing.assert_close(distributed[name], want, rtol=1e-5, atol=1e-6, msg=name)

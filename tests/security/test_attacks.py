@@ -37,10 +37,14 @@ def _train(dsn, run, honest: int, cheat: type[Worker] | None, cheat_may_be_refus
     threads.start(coordinator.serve)
     workers = [Worker(dsn, run, f"honest{i}", device="cpu", poll_s=0.1) for i in range(honest)]
     for w in workers:
+        # The bounds below are for one bad result per step of four: no worker claims a
+        # second unit of a step while it computes its first.
+        w.claim_ahead = False
         threads.start(w.serve)
     cheater = None
     if cheat is not None:
         cheater = cheat(dsn, run, "cheat", device="cpu", poll_s=0.1)
+        cheater.claim_ahead = False
 
         def serve_cheat() -> None:
             try:

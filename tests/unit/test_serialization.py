@@ -1,8 +1,10 @@
+import struct
+
 import pytest
 import torch
 
 from ganpool.errors import PayloadError
-from ganpool.serialization.tensors import manifest_of, pack, read_metadata, unpack
+from ganpool.serialization.tensors import Packer, manifest_of, pack, read_metadata, unpack
 
 
 def test_round_trip_with_manifest():
@@ -36,3 +38,30 @@ def test_pickles_and_garbage_are_refused_and_size_is_limited():
         unpack(b"\x00" * 3, manifest)
     with pytest.raises(PayloadError, match="exceeds the limit"):
         unpack(pack({"a": torch.zeros(3, 4)}), manifest, max_bytes=10)
+
+
+def test_packer_writes_safetensors_into_one_reused_buffer():
+    t = {"w": torch.randn(4, 3), "h": torch.randn(7).half(), "n": torch.arange(3)}
+    packer = Packer(manifest_of(t), metadata={"k": "v"})
+    first = packer.pack(t)
+    back = unpack(bytes(first), manifest_of(t))  # also what safetensors itself reads
+    assert all(torch.equal(back[k], t[k]) for k in t)
+    assert read_metadata(bytes(first)) == {"k": "v"}
+    t2 = {k: v + 1 for k, v in t.items()}
+    second = packer.pack(t2)
+    assert second.obj is first.obj  # the same buffer, refilled
+    assert torch.equal(unpack(bytes(second), manifest_of(t))["w"], t2["w"])
+    data = sum(v.numel() * v.element_size() for v in t.values())
+    (header,) = struct.unpack("<Q", bytes(second[:8]))
+    assert len(second) == 8 + header + data  # no holes, nothing after the tensors
+
+
+def test_packer_casts_to_the_manifest_dtype_and_refuses_other_names():
+    g = {"grad": torch.randn(1000) * 1e-3}
+    packer = Packer({"grad": ((1000,), torch.bfloat16)})
+    back = unpack(bytes(packer.pack(g)), {"grad": ((1000,), torch.bfloat16)})["grad"]
+    assert back.dtype == torch.bfloat16
+    assert torch.allclose(back.float(), g["grad"], rtol=1e-2, atol=0)
+    assert not torch.equal(back.float(), g["grad"])  # rounded, not passed through
+    with pytest.raises(PayloadError, match="missing"):
+        packer.pack({"other": torch.zeros(1000)})

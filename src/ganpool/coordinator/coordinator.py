@@ -8,6 +8,8 @@ Protocol (see docs/protocol.md). Rows each party writes, and in which transactio
 * Workers (see ganpool.worker) claim a unit (`FOR UPDATE SKIP LOCKED`, lease on the
   server's clock), heartbeat, and submit: result row + payload + unit 'submitted' + NOTIFY
   `ganpool_results`, in one transaction.
+* Between ticks, results of the current version are read and checked as they land, and
+  (under the mean rule) folded into a running sum, so a step only waits for the last one.
 * Each tick, in ONE transaction holding the run's row lock:
     1. put units whose lease expired back to 'pending' (they are reissued as they are);
     2. when N results for the current version v are in (or the step deadline has passed
@@ -16,15 +18,18 @@ Protocol (see docs/protocol.md). Rows each party writes, and in which transactio
        epoch), combine the rest (the run's aggregation rule; by default the mean weighted by
        their units' sample counts), take the Adam step (for G and D under the simultaneous
        rule; for D, then G, in the alternating rule's two phases), and write version v+1:
-       weights, Adam state,
-       contributions (UNIQUE per unit: applied at most once), step metrics, epoch counts;
-       delete the applied payloads; cancel units of v that did not make it (their images
-       go back to the epoch; their late results are rejected as stale); prune old weights;
-       store a sample grid every K steps;
+       weights (by COPY), contributions (UNIQUE per unit: applied at most once), step
+       metrics, epoch counts; cancel units of v that did not make it (their images go back
+       to the epoch; their late results are rejected as stale); prune old weights;
     3. issue the units of the new version from the epoch permutation, and NOTIFY
        `ganpool_version`. Workers wake at commit.
   A crash anywhere before commit leaves the database at version v with nothing applied;
   in-memory state is then reloaded from the database, so nothing is applied twice.
+* After the commit, off the workers' critical path: a sample grid every K steps, and at most
+  every `checkpoint_s` a checkpoint: the Adam state of the current version, in one
+  transaction with the deletion of the payloads it has absorbed. Applied payloads stay until
+  then, so a restart loads the checkpoint and replays the versions after it from the very
+  results that formed them (and checks it reproduces their published weights).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +47,14 @@ import torch
 from ganpool.aggregation.robust import aggregate
 from ganpool.coordinator.screening import Screening
 from ganpool.data.datasets import check_fingerprint, open_dataset
-from ganpool.errors import GanpoolError
+from ganpool.errors import GanpoolError, PayloadError
 from ganpool.evaluation.grid import sample_grid
 from ganpool.protocol.schedule import EpochState, plan_units, sample_seed, spot_check_chosen
 from ganpool.runs import Run
-from ganpool.serialization.tensors import manifest_of, pack, unpack
+from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.store import Store, connect
 from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff
-from ganpool.training.state import TrainingState
+from ganpool.training.state import TrainingState, WeightedMean
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +89,7 @@ class Coordinator:
         poll_s: float = 1.0,
         on_step: Callable[[StepReport], None] | None = None,
         data_path: Path | None = None,
+        checkpoint_s: float = 10.0,
     ):
         self.dsn, self.run, self.cfg = dsn, run, run.config
         self.out_dir = Path(out_dir) if out_dir else None
@@ -96,6 +103,18 @@ class Coordinator:
         self.version = -1
         self.data_path = data_path  # only for the quality metric (the coordinator trains blind)
         self._quality = None  # (Inception features, the real images' features), made on first use
+        self.checkpoint_s = checkpoint_s  # at most this long between checkpoints
+        self._checkpointed = -1  # the version whose Adam state is saved
+        self._checkpoint_at = time.monotonic()
+        self._packers: dict[str, Packer] = {}  # reused buffers for weights and Adam state
+        # The current version's results, read and checked as they land (tensors, or the
+        # reason they are invalid), and the running weighted sum of the valid ones.
+        self._arrived: dict[int, dict | PayloadError] = {}
+        self._arrived_version = -1
+        self._sum = WeightedMean()
+        self._summed: set[int] = set()
+        # (time.time(), "published", version) after each commit, for the benchmark.
+        self.timeline: deque[tuple[float, str, int]] = deque(maxlen=100_000)
         self._acquire_ownership()
 
     # -- start and resume ------------------------------------------------------------
@@ -116,34 +135,65 @@ class Coordinator:
         """Publish version 0, or reload the newest version and Adam state to resume."""
         with self.store.tx():
             row = self.store.one("lock_run", run_id=self.run.id)
-            if row["status"] in ("finished", "stopped"):
-                self.version = row["current_version"]
-                return
-            self.store.execute("start_run", run_id=self.run.id)
+            if row["status"] in ("finished", "stopped") and row["current_version"] < 0:
+                return  # ended before anything was published
+            if row["status"] not in ("finished", "stopped"):
+                self.store.execute("start_run", run_id=self.run.id)
             if row["current_version"] < 0:
                 self._publish(0, images=0, epochs=0.0)
+                self._save_checkpoint(0)
                 self._issue_units(0)
                 self.store.execute("notify_version", run_id=self.run.id, version=0)
                 self.version = 0
                 log.info("run %s: published version 0", self.run.name)
-                return
+        if self.version == 0:
+            self.timeline.append((time.time(), "published", 0))
+            self._store_sample(0)
+            return
         self._reload()
         log.info("run %s: resumed at version %d", self.run.name, self.version)
 
     def _reload(self) -> None:
-        """Make the in-memory model and optimiser exactly the database's newest version."""
+        """Make the in-memory model and optimiser exactly the database's newest version: load
+        the checkpoint, then replay the versions published after it from their results."""
         self.state = TrainingState(self.cfg)
-        current = self.store.one_binary("current_weights", run_id=self.run.id)
-        if current is None:
-            raise GanpoolError(f"run {self.run.name!r} has no stored weights to resume from")
-        self.state.load_weights(unpack(current["weights"], manifest_of(self.state.weights())))
+        self._forget_arrivals()
         saved = self.store.one_binary("coordinator_state", run_id=self.run.id)
-        if saved is None or saved["version"] != current["version"]:
-            raise GanpoolError(f"run {self.run.name!r}: optimiser state does not match its weights")
+        if saved is None:
+            raise GanpoolError(f"run {self.run.name!r} has no checkpoint to resume from")
+        checkpoint = saved["version"]
+        self.state.load_weights(self._stored_weights(checkpoint))
         optimizer = unpack(saved["optimizer"], manifest_of(self.state.optimizer_tensors()))
         self.state.load_optimizer(optimizer)
-        self.version = current["version"]
+        self.version = self._checkpointed = checkpoint
+        current = self.store.one("run_state", run_id=self.run.id)["current_version"]
+        for v in range(checkpoint + 1, current + 1):
+            self._replay(v)
         self.screening.reload_history(self.store)
+
+    def _stored_weights(self, version: int) -> dict[str, torch.Tensor]:
+        blob = self.store.blob("weights_at", "weights", run_id=self.run.id, version=version)
+        if blob is None:
+            raise GanpoolError(f"run {self.run.name!r}: the weights of version {version} are gone")
+        return unpack(blob, manifest_of(self.state.weights()))
+
+    def _replay(self, v: int) -> None:
+        """Redo the step that produced version v from the results it applied."""
+        results = []
+        for r in self.store.all("replay_contributions", run_id=self.run.id, version=v):
+            blob = self.store.blob("result_payload", "payload", result_id=r["id"])
+            if blob is None:
+                raise GanpoolError(f"cannot replay version {v}: result {r['id']} is gone")
+            results.append((self.screening.check(blob, r["phase"]), float(r["samples"])))
+        c = self.cfg
+        self.state.apply(aggregate(results, c.aggregation, c.trim_fraction, c.clip_factor))
+        published = self._stored_weights(v)
+        for k, t in self.state.weights().items():
+            if not torch.allclose(t.double(), published[k].double(), rtol=1e-4, atol=1e-7):
+                raise GanpoolError(f"replaying version {v} does not reproduce its weights ({k})")
+        self.state.load_weights(published)  # what the workers were sent is authoritative
+        self.version = v
+        log.info("replayed version %d from %d result(s)", v, len(results))
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -165,6 +215,7 @@ class Coordinator:
                     Store(listener).execute("listen_results")
                     backoff.reset()
                     while not should_stop():
+                        self._collect()
                         if self.tick():
                             return
                         for _ in listener.notifies(timeout=self.poll_s, stop_after=1):
@@ -228,7 +279,17 @@ class Coordinator:
             if not self.store.conn.broken and not self.store.conn.closed:
                 self._reload()
             raise
-        every = self.cfg.quality_every * self.cfg.versions_per_step
+        # Committed: the workers are already on the new version. The rest can wait a little.
+        c = self.cfg
+        if self.version != before:
+            self.timeline.append((time.time(), "published", self.version))
+            if self.version % (c.sample_every * c.versions_per_step) == 0:
+                self._store_sample(self.version)
+        due = time.monotonic() - self._checkpoint_at >= self.checkpoint_s
+        if self.version != self._checkpointed and (over or due):
+            with self.store.tx():
+                self._save_checkpoint(self.version)
+        every = c.quality_every * c.versions_per_step
         if every and self.version // every != before // every:
             self._measure_quality()  # slow (Inception on the CPU): after the step's commit
         if self.version // VACUUM_EVERY != before // VACUUM_EVERY:
@@ -291,20 +352,70 @@ class Coordinator:
 
     # -- one step ------------------------------------------------------------------------
 
+    def _collect(self) -> None:
+        """Read and check the current version's results as they land, outside any step's
+        transaction; under the mean rule, fold each valid one into the running sum at once.
+        A step then only waits for its last result."""
+        if self._arrived_version != self.version:
+            self._forget_arrivals()
+            self._arrived_version = self.version
+        for r in self.store.all("arrived_results", run_id=self.run.id, version=self.version):
+            if r["id"] in self._arrived:
+                continue
+            blob = self.store.blob("result_payload", "payload", result_id=r["id"])
+            if blob is None:
+                continue  # decided meanwhile
+            try:
+                tensors = self.screening.check(blob, r["phase"])
+            except PayloadError as e:
+                self._arrived[r["id"]] = e  # the step records the refusal
+                continue
+            self._arrived[r["id"]] = tensors
+            if self.cfg.aggregation == "mean" and r["twin_of"] is None:
+                self._sum.add(tensors, float(r["samples"]))
+                self._summed.add(r["id"])
+
+    def _forget_arrivals(self) -> None:
+        self._arrived.clear()
+        self._sum.reset()
+        self._summed.clear()
+
+    def _save_checkpoint(self, version: int) -> None:
+        """Save the Adam state of `version` and drop the payloads it has absorbed."""
+        self.store.execute_binary(
+            "save_coordinator_state",
+            run_id=self.run.id,
+            version=version,
+            optimizer=self._pack("optimizer", self.state.optimizer_tensors()),
+        )
+        self.store.execute("delete_checkpointed_payloads", run_id=self.run.id, version=version)
+        keep_from = version - self.cfg.keep_versions + 1  # replays now start from here
+        self.store.execute("prune_weights", run_id=self.run.id, keep_from=keep_from)
+        self._checkpointed = version
+        self._checkpoint_at = time.monotonic()
+
+    def _pack(self, kind: str, tensors: dict[str, torch.Tensor]) -> memoryview:
+        if kind not in self._packers:
+            self._packers[kind] = Packer(manifest_of(tensors))
+        return self._packers[kind].pack(tensors)
+
     def _step(self, v: int) -> None:
         t0 = time.perf_counter()
         rows = self.store.all("waiting_results", run_id=self.run.id, version=v)
-        accepted, rejected = self.screening.screen(self.store, rows)
+        accepted, rejected = self.screening.screen(self.store, rows, self._arrived)
         if not accepted:
             return  # every result was refused; their images are back, units get reissued
-        self.state.apply(
-            aggregate(
+        if self.cfg.aggregation == "mean" and {r["id"] for r, _ in accepted} == self._summed:
+            mean = self._sum.mean()  # summed as they arrived: the same sum, already done
+        else:
+            mean = aggregate(
                 [(tensors, float(r["samples"])) for r, tensors in accepted],
                 self.cfg.aggregation,
                 self.cfg.trim_fraction,
                 self.cfg.clip_factor,
             )
-        )
+        self.state.apply(mean)
+        self._forget_arrivals()
         accepted = [r for r, _ in accepted]
         phase = self.cfg.phase_of(v)
 
@@ -329,8 +440,7 @@ class Coordinator:
                 version=new,
                 result_id=r["id"],
                 weight=r["samples"] / images,
-            )
-            self.store.execute("delete_payload", result_id=r["id"])
+            )  # its payload stays until a checkpoint has absorbed it
         report = StepReport(
             version=new,
             images=images,
@@ -392,24 +502,15 @@ class Coordinator:
             epoch=epochs,
             is_milestone=milestone,
         )
-        self.store.execute_binary(
-            "insert_weights",
-            run_id=self.run.id,
-            version=version,
-            weights=pack(self.state.weights()),
-        )
-        self.store.execute_binary(
-            "save_coordinator_state",
-            run_id=self.run.id,
-            version=version,
-            optimizer=pack(self.state.optimizer_tensors()),
+        self.store.copy_in(
+            "copy_weights",
+            types=["int8", "int4", "bytea"],
+            row=(self.run.id, version, self._pack("weights", self.state.weights())),
         )
         self.store.execute("publish_version", run_id=self.run.id, version=version, images=images)
-        self.store.execute(
-            "prune_weights", run_id=self.run.id, keep_from=version - c.keep_versions + 1
-        )
-        if version % (c.sample_every * c.versions_per_step) == 0:
-            self._store_sample(version)
+        # The checkpoint's weights stay: a restart replays from them.
+        keep_from = min(version - c.keep_versions + 1, max(self._checkpointed, 0))
+        self.store.execute("prune_weights", run_id=self.run.id, keep_from=keep_from)
 
     def _store_sample(self, version: int) -> None:
         png = sample_grid(self.state.g, self.sample_noise)

@@ -30,8 +30,10 @@ MIN_NORM_COHORT = 8  # the norm check needs at least this many norms to judge by
 class Screening:
     def __init__(self, run_id: int, cfg: RunConfig, g: Generator, d: Discriminator):
         self.run_id, self.cfg = run_id, cfg
-        self.manifests = {phase: result_manifest(g, d, phase) for phase in PHASES}
-        self.max_payload = cfg.max_payload_bytes or payload_limit(self.manifests["both"])
+        self.manifests = {
+            phase: result_manifest(g, d, phase, cfg.transport_dtype) for phase in PHASES
+        }
+        self.max_payload = cfg.max_payload_bytes or payload_limit(result_manifest(g, d))
         # Gradient norms differ by phase: each phase is judged against its own history.
         self.norm_history = {phase: deque(maxlen=NORM_HISTORY) for phase in PHASES}
 
@@ -43,16 +45,29 @@ class Screening:
                 (r["grad_norm"] for r in reversed(recent)), maxlen=NORM_HISTORY
             )
 
-    def screen(self, store: Store, rows: list[dict]) -> tuple[list[tuple[dict, dict]], list[dict]]:
+    def check(self, blob: bytes, phase: str) -> dict[str, torch.Tensor]:
+        """A payload's tensors, or PayloadError: safetensors, the manifest, size, finite."""
+        tensors = unpack(blob, self.manifests[phase], max_bytes=self.max_payload)
+        _check_finite(tensors)
+        return tensors
+
+    def screen(
+        self, store: Store, rows: list[dict], arrived: dict[int, dict | PayloadError] | None = None
+    ) -> tuple[list[tuple[dict, dict]], list[dict]]:
         """Validate, norm-check and spot-check a step's results. Returns the results to apply
-        (with their tensors) and the rejected ones; every refusal is recorded with its reason."""
+        (with their tensors) and the rejected ones; every refusal is recorded with its reason.
+        `arrived` holds payloads already read and checked as they landed (by result id)."""
         valid: dict[int, tuple[dict, dict]] = {}
         rejected: list[dict] = []
+        arrived = arrived or {}
         for r in rows:
-            blob = store.blob("result_payload", "payload", result_id=r["id"])
             try:
-                tensors = unpack(blob, self.manifests[r["phase"]], max_bytes=self.max_payload)
-                _check_finite(tensors)
+                tensors = arrived.get(r["id"])
+                if tensors is None:
+                    blob = store.blob("result_payload", "payload", result_id=r["id"])
+                    tensors = self.check(blob, r["phase"])
+                elif isinstance(tensors, PayloadError):
+                    raise tensors
             except PayloadError as e:
                 self.reject(store, r, str(e))
                 rejected.append(r)

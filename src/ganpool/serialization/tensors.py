@@ -62,3 +62,63 @@ def unpack(
                 f"tensor {name} is {t.dtype} {tuple(t.shape)}, expected {dtype} {shape}"
             )
     return tensors
+
+
+# safetensors' names for the dtypes we send
+_DTYPE_CODES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.uint8: "U8",
+}
+
+
+class Packer:
+    """Packs one fixed set of tensors (a manifest) into a buffer allocated once and reused.
+
+    The bytes are safetensors (header, then the tensors back to back), readable by `unpack`
+    and by any safetensors reader. `pack` only copies the tensors into place, casting where the
+    manifest's dtype differs (fp32 gradients sent as bf16, say): no allocation, no JSON, on
+    every call after the first. The returned view is valid until the next `pack`.
+    """
+
+    def __init__(self, manifest: Manifest, metadata: dict[str, str] | None = None):
+        # Widest dtypes first, so every tensor starts aligned to its element size.
+        names = sorted(manifest, key=lambda k: (-manifest[k][1].itemsize, k))
+        header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+        offset = 0
+        layout = []
+        for name in names:
+            shape, dtype = manifest[name]
+            nbytes = torch.Size(shape).numel() * dtype.itemsize
+            header[name] = {
+                "dtype": _DTYPE_CODES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
+            layout.append((name, shape, dtype, offset))
+            offset += nbytes
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # pad so the data starts 8-byte aligned
+        start = 8 + len(text)
+        self.buffer = bytearray(start + offset)
+        self.buffer[:start] = struct.pack("<Q", len(text)) + text
+        self._views = {
+            name: torch.frombuffer(
+                self.buffer, dtype=dtype, count=torch.Size(shape).numel(), offset=start + at
+            ).view(shape)
+            for name, shape, dtype, at in layout
+        }
+
+    def pack(self, tensors: dict[str, torch.Tensor]) -> memoryview:
+        if tensors.keys() != self._views.keys():
+            missing = sorted(self._views.keys() - tensors.keys())
+            extra = sorted(tensors.keys() - self._views.keys())
+            raise PayloadError(f"cannot pack: missing {missing[:3]}, extra {extra[:3]}")
+        with torch.no_grad():
+            for name, view in self._views.items():
+                view.copy_(tensors[name])
+        return memoryview(self.buffer)

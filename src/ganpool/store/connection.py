@@ -100,6 +100,12 @@ class Store:
             cur.execute(self._sql(query), params)
             return cur.fetchone()
 
+    def copy_in(self, query: str, /, types: list[str], row: tuple) -> None:
+        """Send one row through a binary COPY (streams a blob faster than a parameter)."""
+        with self.conn.cursor() as cur, cur.copy(self._sql(query)) as copy:
+            copy.set_types(types)
+            copy.write_row(row)
+
     def execute_binary(self, query: str, /, **params: Any) -> dict[str, Any] | None:
         """Execute with parameters sent in binary: a blob goes over as raw bytes."""
         with self.conn.cursor(binary=True) as cur:

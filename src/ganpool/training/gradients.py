@@ -89,14 +89,15 @@ def unit_gradients(
 
 
 def result_manifest(
-    g: Generator, d: Discriminator, phase: str = "both"
+    g: Generator, d: Discriminator, phase: str = "both", transport: torch.dtype = torch.float32
 ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Names, shapes and dtypes a unit result must have for this model and phase."""
+    """Names, shapes and dtypes a unit result must have for this model and phase. Gradients
+    travel in the run's transport dtype; BatchNorm statistics (a few KB) always in fp32."""
     m: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
     if phase in ("both", "G"):
-        m |= {f"grad.G.{n}": (tuple(p.shape), p.dtype) for n, p in g.named_parameters()}
+        m |= {f"grad.G.{n}": (tuple(p.shape), transport) for n, p in g.named_parameters()}
     if phase in ("both", "D"):
-        m |= {f"grad.D.{n}": (tuple(p.shape), p.dtype) for n, p in d.named_parameters()}
+        m |= {f"grad.D.{n}": (tuple(p.shape), transport) for n, p in d.named_parameters()}
         m |= {f"buf.G.{n}": (tuple(t.shape), t.dtype) for n, t in float_buffers(g).items()}
         m |= {f"buf.D.{n}": (tuple(t.shape), t.dtype) for n, t in float_buffers(d).items()}
     return m
@@ -105,3 +106,15 @@ def result_manifest(
 def payload_limit(manifest: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> int:
     """Default size limit of a result: twice its fp32 tensors, plus room for the header."""
     return 2 * sum(4 * torch.Size(shape).numel() for shape, _ in manifest.values()) + 65536
+
+
+def round_for_transport(
+    tensors: dict[str, torch.Tensor], transport: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """What the coordinator receives of a result sent in `transport`: gradients rounded to it
+    and back (train-local applies this so that it matches a distributed run exactly)."""
+    if transport == torch.float32:
+        return tensors
+    return {
+        k: v.to(transport).to(v.dtype) if k.startswith("grad.") else v for k, v in tensors.items()
+    }

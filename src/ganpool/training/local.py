@@ -15,7 +15,7 @@ from ganpool.data.datasets import Dataset
 from ganpool.models.dcgan import build_models
 from ganpool.protocol.schedule import EpochState, plan_units
 from ganpool.settings import RunConfig
-from ganpool.training.gradients import unit_gradients
+from ganpool.training.gradients import round_for_transport, unit_gradients
 from ganpool.training.state import TrainingState, WeightedMean, load_weights
 
 
@@ -66,7 +66,7 @@ def train_local(
                     worker_g, worker_d, real, unit.noise_seed, cfg.nz, phase, len(unit.indices)
                 )
                 n = len(unit.indices)
-                mean.add(r.tensors, float(n))
+                mean.add(round_for_transport(r.tensors, cfg.transport_dtype), float(n))
                 for k in totals:
                     value = getattr(r, k)
                     totals[k] += value * n if value == value else 0.0  # NaN: not computed

@@ -14,27 +14,51 @@ from ganpool.training.gradients import float_buffers
 
 
 class WeightedMean:
-    """A running, sample-weighted sum of result tensors; buffers allocated once and reused."""
+    """A running, sample-weighted sum of result tensors.
+
+    Sums are kept in float64, where adding a few hundred fp32 values weighted by sample
+    counts is exact in practice: the mean is then the same whatever order results arrive in,
+    so the coordinator can fold each result in as it lands. Buffers are allocated once and
+    reused across steps (`reset`)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
+        self.live: set[str] = set()  # keys added since the last reset
         self.weight = 0.0
+        self.count = 0
+
+    def reset(self) -> None:
+        for k in self.live:
+            self.sums[k].zero_()
+        self.live.clear()
+        self.weight, self.count = 0.0, 0
 
     def add(self, tensors: dict[str, torch.Tensor], weight: float) -> None:
         for k, t in tensors.items():
-            if k in self.sums:
-                self.sums[k].add_(t, alpha=weight)
-            else:
-                self.sums[k] = t.to(torch.float32).mul(weight)
+            total = self.sums.get(k)
+            if total is None:
+                total = self.sums[k] = torch.zeros(t.shape, dtype=torch.float64)
+            total.add_(t, alpha=weight)
+            self.live.add(k)
         self.weight += weight
+        self.count += 1
 
     def mean(self) -> dict[str, torch.Tensor]:
-        return {k: v / self.weight for k, v in self.sums.items()}
+        return {k: (self.sums[k] / self.weight).to(torch.float32) for k in self.live}
 
 
 def load_weights(g: Generator, d: Discriminator, tensors: dict[str, torch.Tensor]) -> None:
     g.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("G.")})
     d.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("D.")})
+
+
+def reset_buffers(g: Generator, d: Discriminator, tensors: dict[str, torch.Tensor]) -> None:
+    """Put BatchNorm statistics back to a version's (a forward pass in training mode moves
+    them): every unit starts from the version's statistics, as if freshly loaded."""
+    with torch.no_grad():
+        for prefix, net in (("G", g), ("D", d)):
+            for name, buf in net.named_buffers():
+                buf.copy_(tensors[f"{prefix}.{name}"])
 
 
 def weights_of(g: Generator, d: Discriminator) -> dict[str, torch.Tensor]:

@@ -7,25 +7,33 @@ of functions, each one transaction (migration 0002): `ganpool_register`,
 
 1. Register (name, host, device) and check the local dataset's fingerprint against the
    run's: a mismatch refuses to start.
-2. LISTEN `ganpool_version`; loop:
-   - claim the oldest pending unit (`FOR UPDATE SKIP LOCKED`; the lease expires on the
-     server's clock). Nothing to claim: sleep until a NOTIFY, or `poll_s` at most.
-   - fetch that unit's version's weights once per version (binary read, checked
-     safetensors), reset both networks to it, compute the unit's gradients
-     (ganpool.training.gradients) while a background thread heartbeats the lease.
-   - submit the payload (safetensors, bound as a binary parameter). The database records
-     the result and completes the unit in one transaction, or refuses with a reason
-     (stale, lease lost, run ended) that the worker reports.
-3. On Ctrl-C or SIGTERM: leave, which releases a claimed unit at once. When the run
+2. Work as a pipeline of three threads, so that the database hides behind the compute
+   (docs/performance.md):
+   - the fetcher (its own connection, LISTENing on `ganpool_version`) claims the next
+     unit (`FOR UPDATE SKIP LOCKED`, a lease on the server's clock) shortly before the
+     current one finishes, downloads its version's weights once per version (binary read,
+     checked safetensors) and loads its images. Nothing to claim: it sleeps until a
+     NOTIFY, or `poll_s` at most, and claims the moment a version is published.
+   - the compute thread (the caller's) resets both networks to the unit's version and
+     computes its gradients (ganpool.training.gradients), unit after unit.
+   - the uploader (its own connection) packs each result into a reused safetensors buffer,
+     in the run's transport dtype, and submits it as a binary parameter while the next unit
+     computes. The database records the result and completes the unit in one transaction,
+     or refuses with a reason (stale, lease lost, run ended) that the worker reports.
+   A heartbeat thread extends the lease of every unit the worker holds.
+3. On Ctrl-C or SIGTERM: leave, which releases claimed units at once. When the run
    finishes or stops, exit cleanly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +44,11 @@ from ganpool.data.database import DatabaseImages
 from ganpool.data.datasets import check_fingerprint, open_dataset
 from ganpool.models.dcgan import build_models
 from ganpool.runs import Run
-from ganpool.serialization.tensors import manifest_of, pack, unpack
+from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.store import Store, connect
 from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff
-from ganpool.training.gradients import unit_gradients
-from ganpool.training.state import load_weights, weights_of
+from ganpool.training.gradients import result_manifest, unit_gradients
+from ganpool.training.state import load_weights, reset_buffers, weights_of
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +82,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Heartbeat(threading.Thread):
-    """Keeps the worker alive and its lease extended, on a connection of its own."""
+    """Keeps the worker alive and the leases of the units it holds extended, on a connection
+    of its own."""
 
-    def __init__(self, dsn: str, worker_id: int, interval: float):
+    def __init__(self, dsn: str, worker_id: int, interval: float, held: Callable[[], list]):
         super().__init__(daemon=True, name="ganpool-heartbeat")
         self.dsn, self.worker_id, self.interval = dsn, worker_id, interval
-        self.unit: tuple[int, int] | None = None  # (unit_id, attempt) held now
+        self.held = held  # () -> [(unit_id, attempt), ...] held now
         self.lost = threading.Event()
         self._stop = threading.Event()
 
@@ -88,12 +97,12 @@ class Heartbeat(threading.Thread):
         while not self._stop.wait(self.interval):
             try:
                 store = store or Store(connect(self.dsn))
-                unit_id, attempt = self.unit or (None, None)
-                holds = store.one(
-                    "heartbeat", worker_id=self.worker_id, unit_id=unit_id, attempt=attempt
-                )
-                if unit_id is not None and not holds["holds"]:
-                    self.lost.set()
+                for unit_id, attempt in self.held() or [(None, None)]:
+                    holds = store.one(
+                        "heartbeat", worker_id=self.worker_id, unit_id=unit_id, attempt=attempt
+                    )
+                    if unit_id is not None and not holds["holds"]:
+                        self.lost.set()
             except Exception as e:  # a dropped connection: reconnect on the next beat
                 log.warning("heartbeat failed: %s", e)
                 if store is not None:
@@ -106,8 +115,22 @@ class Heartbeat(threading.Thread):
         self._stop.set()
 
 
+@dataclass
+class Prepared:
+    """A claimed unit with everything its computation needs, ready before it is needed."""
+
+    unit: dict
+    weights: dict[str, torch.Tensor]
+    real: torch.Tensor | None
+
+
+_END = object()  # no more units: the run ended, or the worker is stopping
+
+
 class Worker:
     compute = staticmethod(unit_gradients)  # the unit's computation (tests swap in a cheat)
+    # Claim the next unit shortly before the current one is computed (False: only when idle).
+    claim_ahead = True
 
     def __init__(
         self,
@@ -138,150 +161,271 @@ class Worker:
         self.g.to(self.device)
         self.d.to(self.device)
         self.weights_manifest = manifest_of(weights_of(self.g, self.d))
-        self._weights: tuple[int, dict[str, torch.Tensor]] | None = None
+        self.pin = self.device.type == "cuda"  # page-locked host buffers: async copies to the GPU
         self.progress = WorkerProgress()
         self.worker_id: int | None = None
-        self.store: Store | None = None
+        # (time.time(), event, version, unit_id): claimed / compute_start / compute_end /
+        # submitted, for the benchmark's timings; bounded.
+        self.timeline: deque[tuple[float, str, int, int]] = deque(maxlen=100_000)
         self._stopping = threading.Event()
+        self._failure: BaseException | None = None
+        self._held: dict[int, int] = {}  # unit_id -> attempt: claimed and not yet submitted
+        self._held_lock = threading.Lock()
+        self._ready: queue.Queue = queue.Queue(maxsize=1)  # fetcher -> compute
+        self._outbox: queue.Queue = queue.Queue(maxsize=2)  # compute -> uploader
+        # When the current computation should end (monotonic), None while compute is idle:
+        # the fetcher claims the next unit only shortly before then, so a busy worker never
+        # sits on a unit an idle one could be computing.
+        self._busy_until: float | None = None
+        self._prepare_s = 0.3  # how long claiming + downloading took, smoothed
+        self._last_compute_s = 1.0
         self._seen_rejection = 0
         self._standing_version = -1
-        self._unsent: tuple[dict, dict] | None = None
 
     def stop(self) -> None:
-        """Ask the loop to end after the current unit (signal handlers call this)."""
+        """Ask the worker to end after the current unit (signal handlers call this)."""
         self._stopping.set()
+
+    # -- the pipeline ------------------------------------------------------------------
 
     def serve(self) -> WorkerProgress:
         """Work until the run ends (or `stop()`); ride out database restarts with backoff."""
-        self.store = Store(connect(self.dsn))
-        heartbeat = None
-        backoff = Backoff()
+        store = Store(connect(self.dsn))
         try:
             device_name = self.device.type
             if self.device.type == "cuda":
                 device_name = torch.cuda.get_device_name(self.device)
-            self.worker_id = self.store.one(
+            self.worker_id = store.one(
                 "register_worker",
                 run_id=self.run.id,
                 name=self.name,
                 hostname=socket.gethostname(),
                 device=device_name,
             )["worker_id"]
-            heartbeat = Heartbeat(self.dsn, self.worker_id, max(0.2, self.cfg.lease_s / 3))
-            heartbeat.start()
-            self.progress.started = time.monotonic()
-            while True:
-                listener = None
-                try:
-                    if self.store.conn.closed:
-                        self.store = Store(connect(self.dsn))
-                    listener = connect(self.dsn)
-                    Store(listener).execute("listen_versions")
-                    backoff.reset()
-                    self._loop(listener, heartbeat)
-                    return self.progress
-                except CONNECTION_ERRORS as e:
-                    self.store.close()
-                    backoff.wait(e)  # then reconnect, re-LISTEN and catch up
-                finally:
-                    if listener is not None:
-                        listener.close()
         finally:
-            if heartbeat is not None:
-                heartbeat.stop()
+            store.close()
+        heartbeat = Heartbeat(
+            self.dsn, self.worker_id, max(0.2, self.cfg.lease_s / 3), self._held_units
+        )
+        fetcher = threading.Thread(target=self._guarded(self._fetch), name="ganpool-fetch")
+        uploader = threading.Thread(target=self._guarded(self._upload), name="ganpool-upload")
+        for t in (heartbeat, fetcher, uploader):
+            t.daemon = True
+            t.start()
+        self.progress.started = time.monotonic()
+        try:
+            self._compute_loop()
+        finally:
+            self._stopping.set()
+            self._outbox.put(_END)
+            uploader.join(timeout=60)  # submit what was computed (it retries over reconnects)
+            _drain(self._ready)  # unblock a fetcher waiting to hand over a unit
+            fetcher.join(timeout=10)
+            heartbeat.stop()
             self._leave()
-            self.store.close()
             if isinstance(self.dataset, DatabaseImages):
                 self.dataset.close()
+        if self._failure is not None:
+            raise self._failure
+        return self.progress
 
-    def _leave(self) -> None:
-        """Give back any claimed unit at once, so no unit waits for a lease to expire."""
-        if self.worker_id is None:
-            return
-        try:
-            if self.store.conn.closed:
-                self.store = Store(connect(self.dsn, timeout=3))
-            self.store.one("leave_run", worker_id=self.worker_id)
-        except Exception as e:
-            log.warning("could not leave the run cleanly (the lease will expire): %s", e)
+    def _guarded(self, body: Callable[[], None]) -> Callable[[], None]:
+        """A pipeline thread's body: its failure stops the worker and is raised by serve()."""
 
-    def _loop(self, listener, heartbeat: Heartbeat) -> None:
-        store = self.store
-        if self._unsent is not None:
-            self._submit(*self._unsent)  # computed before the connection dropped
-        while not self._stopping.is_set():
-            state = store.one("run_state", run_id=self.run.id)
-            if state["status"] in ("finished", "stopped"):
-                log.info("the run has %s", state["status"])
-                return
-            unit = store.one("claim_unit", worker_id=self.worker_id)
-            if unit is None:
-                # Nothing to do: sleep until the coordinator publishes, or poll_s at most.
-                for _ in listener.notifies(timeout=self.poll_s, stop_after=1):
-                    pass
-                continue
-            heartbeat.unit = (unit["unit_id"], unit["attempt"])
+        def run() -> None:
             try:
-                self._compute_and_submit(unit)
-            finally:
-                heartbeat.unit = None
-            if self.max_units and self.progress.units + self.progress.rejected >= self.max_units:
+                body()
+            except BaseException as e:
+                if self._failure is None:
+                    self._failure = e
+                self._stopping.set()
+                _offer(self._ready, _END)
+
+        return run
+
+    def _held_units(self) -> list[tuple[int, int]]:
+        with self._held_lock:
+            return list(self._held.items())
+
+    def _hold(self, unit: dict, held: bool) -> None:
+        with self._held_lock:
+            if held:
+                self._held[unit["unit_id"]] = unit["attempt"]
+            else:
+                self._held.pop(unit["unit_id"], None)
+
+    def _compute_loop(self) -> None:
+        loaded = -1
+        computed = 0
+        while not self._stopping.is_set():
+            try:
+                item = self._ready.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if item is _END:
+                return
+            unit = item.unit
+            if unit["version"] != loaded:
+                load_weights(self.g, self.d, item.weights)
+                loaded = unit["version"]
+            else:  # the parameters are the version's still; the statistics moved
+                reset_buffers(self.g, self.d, item.weights)
+            t0 = time.perf_counter()
+            self._busy_until = time.monotonic() + self._last_compute_s
+            self.timeline.append((time.time(), "compute_start", unit["version"], unit["unit_id"]))
+            phase = unit["phase"]
+            real = None if item.real is None else item.real.to(self.device, non_blocking=True)
+            result = self.compute(
+                self.g, self.d, real, unit["noise_seed"], self.cfg.nz, phase, len(unit["indices"])
+            )
+            seconds = time.perf_counter() - t0
+            self._busy_until = None
+            self.timeline.append((time.time(), "compute_end", unit["version"], unit["unit_id"]))
+            self.progress.compute_s += seconds
+            self._last_compute_s = seconds
+            fields = {
+                "worker_id": self.worker_id,
+                "unit_id": unit["unit_id"],
+                "attempt": unit["attempt"],
+                "g_loss": result.g_loss,
+                "d_loss": result.d_loss,
+                "d_real": result.d_real,
+                "d_fake": result.d_fake,
+                "compute_seconds": seconds,
+            }
+            self._outbox.put((unit, fields, result.tensors))
+            computed += 1
+            if self.max_units and computed >= self.max_units:
                 return
 
-    def _weights_for(self, version: int) -> dict[str, torch.Tensor]:
-        if self._weights is None or self._weights[0] != version:
-            blob = self.store.blob("weights_at", "weights", run_id=self.run.id, version=version)
-            if blob is None:
-                raise LookupError(f"weights of version {version} are no longer stored")
-            self._weights = (version, unpack(blob, self.weights_manifest))
-        return self._weights[1]
+    # -- the fetcher: claim ahead, download on NOTIFY -----------------------------------
 
-    def _compute_and_submit(self, unit: dict) -> None:
-        try:
-            weights = self._weights_for(unit["version"])
-        except LookupError as e:
-            log.info("%s; giving the unit back", e)
-            self.store.one(
-                "release_unit",
-                worker_id=self.worker_id,
-                unit_id=unit["unit_id"],
-                attempt=unit["attempt"],
-            )
-            return
-        load_weights(self.g, self.d, weights)  # also resets BatchNorm statistics to the version's
-        t0 = time.perf_counter()
-        phase = unit["phase"]
-        # A G-phase unit needs no images: the same noise, through the new D.
-        real = None if phase == "G" else self.dataset.batch(unit["indices"]).to(self.device)
-        result = self.compute(
-            self.g, self.d, real, unit["noise_seed"], self.cfg.nz, phase, len(unit["indices"])
-        )
-        fields = {
-            "worker_id": self.worker_id,
-            "unit_id": unit["unit_id"],
-            "attempt": unit["attempt"],
-            "payload": pack(result.tensors),
-            "g_loss": result.g_loss,
-            "d_loss": result.d_loss,
-            "d_real": result.d_real,
-            "d_fake": result.d_fake,
-            "compute_seconds": time.perf_counter() - t0,
-        }
-        # Kept until the database has answered: a reconnect resubmits it (idempotently).
-        self._unsent = (unit, fields)
-        self._submit(unit, fields)
+    def _fetch(self) -> None:
+        backoff = Backoff()
+        weights: tuple[int, dict[str, torch.Tensor]] | None = None
+        while not self._stopping.is_set():
+            store = listener = None
+            try:
+                store = Store(connect(self.dsn))
+                listener = connect(self.dsn)
+                Store(listener).execute("listen_versions")
+                backoff.reset()
+                while not self._stopping.is_set():
+                    self._wait_for_turn()
+                    if self._stopping.is_set():
+                        return
+                    t0 = time.monotonic()
+                    state = store.one("run_state", run_id=self.run.id)
+                    if state["status"] in ("finished", "stopped"):
+                        log.info("the run has %s", state["status"])
+                        self._stopping.set()
+                        _offer(self._ready, _END)
+                        return
+                    unit = store.one("claim_unit", worker_id=self.worker_id)
+                    if unit is None:
+                        # Nothing to do: sleep until the coordinator publishes, poll_s at most.
+                        for _ in listener.notifies(timeout=self.poll_s, stop_after=1):
+                            pass
+                        continue
+                    self._hold(unit, True)
+                    self.timeline.append((time.time(), "claimed", unit["version"], unit["unit_id"]))
+                    if weights is None or weights[0] != unit["version"]:
+                        blob = store.blob(
+                            "weights_at", "weights", run_id=self.run.id, version=unit["version"]
+                        )
+                        if blob is None:  # pruned: the run has moved on past this unit
+                            log.info(
+                                "version %d is no longer stored; giving the unit back",
+                                unit["version"],
+                            )
+                            store.one(
+                                "release_unit",
+                                worker_id=self.worker_id,
+                                unit_id=unit["unit_id"],
+                                attempt=unit["attempt"],
+                            )
+                            self._hold(unit, False)
+                            continue
+                        tensors = unpack(blob, self.weights_manifest)
+                        if self.pin:
+                            tensors = {k: v.pin_memory() for k, v in tensors.items()}
+                        weights = (unit["version"], tensors)
+                    real = None
+                    if unit["phase"] != "G":  # a G-phase unit: the same noise, no images
+                        real = self.dataset.batch(unit["indices"])
+                        if self.pin:
+                            real = real.pin_memory()
+                    self._prepare_s = 0.7 * self._prepare_s + 0.3 * (time.monotonic() - t0)
+                    self._ready.put(Prepared(unit, weights[1], real))
+            except CONNECTION_ERRORS as e:
+                backoff.wait(e)  # then reconnect, re-LISTEN and catch up
+            finally:
+                for conn in (store.conn if store else None, listener):
+                    if conn is not None:
+                        conn.close()
 
-    def _submit(self, unit: dict, fields: dict) -> None:
-        verdict = self.store.execute_binary("submit_result", **fields)
-        self._unsent = None
+    def _wait_for_turn(self) -> None:
+        """Return when the compute thread is idle, or will be within the time a claim and
+        its download take (with margin): then the next unit is ready just in time."""
+        while not self._stopping.is_set():
+            if not self._ready.empty():
+                time.sleep(0.005)  # the compute thread has not taken the last one yet
+                continue
+            until = self._busy_until
+            if until is None:
+                return
+            if not self.claim_ahead:
+                time.sleep(0.005)
+                continue
+            # Lead by what preparing takes, but never by more than half a computation: a
+            # quick worker does not hoard units that idle workers are about to claim.
+            lead = min(max(0.1, 2 * self._prepare_s), 0.5 * self._last_compute_s)
+            left = until - time.monotonic() - lead
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))
+
+    # -- the uploader: pack into a reused buffer, submit, report -------------------------
+
+    def _upload(self) -> None:
+        packers: dict[str, Packer] = {}
+        store: Store | None = None
+        backoff = Backoff()
+        while True:
+            item = self._outbox.get()
+            if item is _END:
+                break
+            unit, fields, tensors = item
+            phase = unit["phase"]
+            if phase not in packers:
+                manifest = result_manifest(self.g, self.d, phase, self.cfg.transport_dtype)
+                packers[phase] = Packer(manifest)
+            fields = fields | {"payload": packers[phase].pack(tensors)}
+            while True:  # a reconnect resubmits it: the database answers a retry idempotently
+                try:
+                    store = store or Store(connect(self.dsn))
+                    verdict = store.execute_binary("submit_result", **fields)
+                    self._report(store, unit, verdict)
+                    backoff.reset()
+                    break
+                except CONNECTION_ERRORS as e:
+                    if store is not None:
+                        store.close()
+                    store = None
+                    backoff.wait(e)
+            self._hold(unit, False)
+        if store is not None:
+            store.close()
+
+    def _report(self, store: Store, unit: dict, verdict: dict) -> None:
+        self.timeline.append((time.time(), "submitted", unit["version"], unit["unit_id"]))
         p = self.progress
         p.version = unit["version"]
-        p.compute_s += fields["compute_seconds"]
         if verdict["accepted"]:
             p.units += 1
             p.images += len(unit["indices"])
         # Refusals at submission and at aggregation alike are recorded with their reason.
-        rejections = self.store.all(
+        rejections = store.all(
             "worker_rejections", worker_id=self.worker_id, after_id=self._seen_rejection
         )
         p.last_message = "; ".join(
@@ -295,8 +439,33 @@ class Worker:
         # once per unit (it aggregates the whole run's contributions).
         if self._standing_version != p.version:
             self._standing_version = p.version
-            standing = self.store.one("my_standing", worker_id=self.worker_id)
+            standing = store.one("my_standing", worker_id=self.worker_id)
             if standing:
                 p.place, p.of_workers = standing["place"], standing["of_workers"]
         if self.on_unit:
             self.on_unit(p)
+
+    def _leave(self) -> None:
+        """Give back any claimed unit at once, so no unit waits for a lease to expire."""
+        if self.worker_id is None:
+            return
+        store = None
+        try:
+            store = Store(connect(self.dsn, timeout=3))
+            store.one("leave_run", worker_id=self.worker_id)
+        except Exception as e:
+            log.warning("could not leave the run cleanly (the lease will expire): %s", e)
+        finally:
+            if store is not None:
+                store.close()
+
+
+def _offer(q: queue.Queue, item: object) -> None:
+    with contextlib.suppress(queue.Full):
+        q.put_nowait(item)
+
+
+def _drain(q: queue.Queue) -> None:
+    with contextlib.suppress(queue.Empty):
+        while True:
+            q.get_nowait()

@@ -166,6 +166,13 @@ WITH r AS (
 INSERT INTO rejections (run_id, worker_id, unit_id, version, reason)
 SELECT %(run_id)s, r.worker_id, r.unit_id, r.version, %(reason)s FROM r;
 
+-- arrived_results --
+-- Results of a version that have landed and await their step (read as they arrive).
+SELECT r.id, r.samples, u.twin_of, u.phase
+FROM results AS r JOIN work_units AS u ON u.id = r.unit_id
+WHERE r.run_id = %(run_id)s AND r.version = %(version)s AND r.status = 'submitted'
+ORDER BY r.id;
+
 -- delete_payload --
 -- Drop a decided result's tensors: applied or rejected, they are never read again.
 DELETE FROM result_payloads WHERE result_id = %(result_id)s;
@@ -189,19 +196,33 @@ FOR UPDATE OF r;
 INSERT INTO versions (run_id, version, images, epoch, is_milestone)
 VALUES (%(run_id)s, %(version)s, %(images)s, %(epoch)s, %(is_milestone)s);
 
--- insert_weights --
--- Store a version's weights (safetensors, bound as binary).
-INSERT INTO version_weights (run_id, version, weights)
-VALUES (%(run_id)s, %(version)s, %(weights)s);
+-- copy_weights --
+-- Store a version's weights by COPY (binary rows: run_id, version, weights).
+COPY version_weights (run_id, version, weights) FROM STDIN (FORMAT BINARY);
+
+-- replay_contributions --
+-- The results that formed a version, in the order the step took them (for a replay).
+SELECT c.result_id AS id, c.samples, u.phase, coalesce(u.seq, p.seq) AS seq
+FROM version_contributions AS c
+JOIN work_units AS u ON u.id = c.unit_id
+LEFT JOIN work_units AS p ON p.id = u.phase_of
+WHERE c.run_id = %(run_id)s AND c.version = %(version)s
+ORDER BY coalesce(u.seq, p.seq);
+
+-- delete_checkpointed_payloads --
+-- Applied results are kept until a checkpoint holds their effect; then they can go.
+DELETE FROM result_payloads AS p
+USING version_contributions AS c
+WHERE c.result_id = p.result_id AND c.run_id = %(run_id)s AND c.version <= %(version)s;
 
 -- save_coordinator_state --
--- Keep the optimiser state of the newest version, for a coordinator restart.
+-- The checkpoint: the optimiser state of one version (a restart replays what came after).
 INSERT INTO coordinator_state (run_id, version, optimizer)
 VALUES (%(run_id)s, %(version)s, %(optimizer)s)
 ON CONFLICT (run_id) DO UPDATE SET version = excluded.version, optimizer = excluded.optimizer;
 
 -- coordinator_state --
--- The optimiser state saved with the newest version.
+-- The checkpoint's version and optimiser state.
 SELECT version, optimizer FROM coordinator_state WHERE run_id = %(run_id)s;
 
 -- prune_weights --
