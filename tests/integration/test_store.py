@@ -14,6 +14,7 @@ def test_migrate_is_idempotent_and_recorded(empty_db):
         "0002_worker_api",
         "0003_quality",
         "0004_dataset_images",
+        "0005_performance",
     ]
     assert migrate(conn) == []
     check_schema(conn)

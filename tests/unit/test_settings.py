@@ -33,6 +33,7 @@ def test_toml_file_and_overrides(tmp_path):
         ({"lr_g": "fast"}, "'lr_g' must be float, got str"),
         ({"units_per_step": 1, "results_per_step": 2}, "'units_per_step' = 1 is invalid"),
         ({"staleness": "accept"}, "'staleness'"),
+        ({"transport": "int8"}, "'transport' = 'int8' is invalid: one of"),
         ({"warp": 9}, "unknown setting 'warp'"),
         ({"max_steps": True}, "'max_steps' must be int"),
     ],

@@ -26,7 +26,11 @@ Tensors = dict[str, torch.Tensor]
 
 def grad_norm(tensors: Tensors) -> float:
     return math.sqrt(
-        sum(float(t.double().pow(2).sum()) for k, t in tensors.items() if k.startswith("grad."))
+        sum(
+            float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
+            for k, t in tensors.items()
+            if k.startswith("grad.")
+        )
     )
 
 

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from ganpool.aggregation.robust import aggregate
-from ganpool.coordinator.screening import Screening
+from ganpool.coordinator.screening import Arrived, Screening
 from ganpool.data.datasets import check_fingerprint, open_dataset
 from ganpool.errors import GanpoolError, PayloadError
 from ganpool.evaluation.grid import sample_grid
@@ -109,7 +109,7 @@ class Coordinator:
         self._packers: dict[str, Packer] = {}  # reused buffers for weights and Adam state
         # The current version's results, read and checked as they land (tensors, or the
         # reason they are invalid), and the running weighted sum of the valid ones.
-        self._arrived: dict[int, dict | PayloadError] = {}
+        self._arrived: dict[int, Arrived] = {}
         self._arrived_version = -1
         self._sum = WeightedMean()
         self._summed: set[int] = set()
@@ -181,7 +181,7 @@ class Coordinator:
         """Redo the step that produced version v from the results it applied."""
         results = []
         for r in self.store.all("replay_contributions", run_id=self.run.id, version=v):
-            blob = self.store.blob("result_payload", "payload", result_id=r["id"])
+            blob = self.store.copy_out_blob("copy_result_payload", result_id=r["id"])
             if blob is None:
                 raise GanpoolError(f"cannot replay version {v}: result {r['id']} is gone")
             results.append((self.screening.check(blob, r["phase"]), float(r["samples"])))
@@ -362,15 +362,10 @@ class Coordinator:
         for r in self.store.all("arrived_results", run_id=self.run.id, version=self.version):
             if r["id"] in self._arrived:
                 continue
-            blob = self.store.blob("result_payload", "payload", result_id=r["id"])
-            if blob is None:
-                continue  # decided meanwhile
-            try:
-                tensors = self.screening.check(blob, r["phase"])
-            except PayloadError as e:
-                self._arrived[r["id"]] = e  # the step records the refusal
-                continue
-            self._arrived[r["id"]] = tensors
+            known = self._arrived[r["id"]] = self.screening.read(self.store, r)
+            if isinstance(known, PayloadError):
+                continue  # the step records the refusal
+            tensors, _ = known
             if self.cfg.aggregation == "mean" and r["twin_of"] is None:
                 self._sum.add(tensors, float(r["samples"]))
                 self._summed.add(r["id"])

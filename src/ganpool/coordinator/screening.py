@@ -23,6 +23,8 @@ from ganpool.training.gradients import payload_limit, result_manifest
 log = logging.getLogger(__name__)
 
 PHASES = ("both", "D", "G")
+# A result read and checked: its tensors and gradient norm, or why it was refused.
+Arrived = tuple[dict[str, torch.Tensor], float] | PayloadError
 NORM_HISTORY = 64  # accepted gradient norms remembered for the norm check
 MIN_NORM_COHORT = 8  # the norm check needs at least this many norms to judge by
 
@@ -45,14 +47,25 @@ class Screening:
                 (r["grad_norm"] for r in reversed(recent)), maxlen=NORM_HISTORY
             )
 
-    def check(self, blob: bytes, phase: str) -> dict[str, torch.Tensor]:
+    def check(self, blob: bytes | None, phase: str) -> dict[str, torch.Tensor]:
         """A payload's tensors, or PayloadError: safetensors, the manifest, size, finite."""
+        if blob is None:
+            raise PayloadError("no payload was uploaded with this result")
         tensors = unpack(blob, self.manifests[phase], max_bytes=self.max_payload)
         _check_finite(tensors)
         return tensors
 
+    def read(self, store: Store, r: dict) -> Arrived:
+        """A result's checked tensors and gradient norm, or why its payload is refused."""
+        blob = store.copy_out_blob("copy_result_payload", result_id=r["id"])
+        try:
+            tensors = self.check(blob, r["phase"])
+        except PayloadError as e:
+            return e
+        return tensors, grad_norm(tensors)
+
     def screen(
-        self, store: Store, rows: list[dict], arrived: dict[int, dict | PayloadError] | None = None
+        self, store: Store, rows: list[dict], arrived: dict[int, Arrived] | None = None
     ) -> tuple[list[tuple[dict, dict]], list[dict]]:
         """Validate, norm-check and spot-check a step's results. Returns the results to apply
         (with their tensors) and the rejected ones; every refusal is recorded with its reason.
@@ -62,17 +75,14 @@ class Screening:
         arrived = arrived or {}
         for r in rows:
             try:
-                tensors = arrived.get(r["id"])
-                if tensors is None:
-                    blob = store.blob("result_payload", "payload", result_id=r["id"])
-                    tensors = self.check(blob, r["phase"])
-                elif isinstance(tensors, PayloadError):
-                    raise tensors
+                known = arrived.get(r["id"]) or self.read(store, r)
+                if isinstance(known, PayloadError):
+                    raise known
             except PayloadError as e:
                 self.reject(store, r, str(e))
                 rejected.append(r)
                 continue
-            r["grad_norm"] = grad_norm(tensors)
+            tensors, r["grad_norm"] = known
             store.execute("set_grad_norm", result_id=r["id"], grad_norm=r["grad_norm"])
             valid[r["unit_id"]] = (r, tensors)
 

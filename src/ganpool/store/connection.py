@@ -106,6 +106,16 @@ class Store:
             copy.set_types(types)
             copy.write_row(row)
 
+    def copy_out_blob(self, query: str, /, **params: Any) -> bytes | None:
+        """The one bytea value a `COPY (SELECT ...) TO STDOUT (FORMAT BINARY)` yields, or None.
+        (COPY takes no server-side parameters: psycopg binds these client-side.)"""
+        with self.conn.cursor() as cur, cur.copy(self._sql(query), params) as copy:
+            copy.set_types(["bytea"])
+            row = copy.read_row()
+            while copy.read_row() is not None:  # drain: there is at most one
+                pass
+        return None if row is None else row[0]
+
     def execute_binary(self, query: str, /, **params: Any) -> dict[str, Any] | None:
         """Execute with parameters sent in binary: a blob goes over as raw bytes."""
         with self.conn.cursor(binary=True) as cur:

@@ -47,6 +47,7 @@ from ganpool.runs import Run
 from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.store import Store, connect
 from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff
+from ganpool.store.submission import upload_result
 from ganpool.training.gradients import result_manifest, unit_gradients
 from ganpool.training.state import load_weights, reset_buffers, weights_of
 
@@ -315,14 +316,14 @@ class Worker:
                     if self._stopping.is_set():
                         return
                     t0 = time.monotonic()
-                    state = store.one("run_state", run_id=self.run.id)
-                    if state["status"] in ("finished", "stopped"):
-                        log.info("the run has %s", state["status"])
-                        self._stopping.set()
-                        _offer(self._ready, _END)
-                        return
                     unit = store.one("claim_unit", worker_id=self.worker_id)
-                    if unit is None:
+                    if unit is None:  # nothing pending, or the run is not running
+                        state = store.one("run_state", run_id=self.run.id)
+                        if state["status"] in ("finished", "stopped"):
+                            log.info("the run has %s", state["status"])
+                            self._stopping.set()
+                            _offer(self._ready, _END)
+                            return
                         # Nothing to do: sleep until the coordinator publishes, poll_s at most.
                         for _ in listener.notifies(timeout=self.poll_s, stop_after=1):
                             pass
@@ -400,11 +401,11 @@ class Worker:
             if phase not in packers:
                 manifest = result_manifest(self.g, self.d, phase, self.cfg.transport_dtype)
                 packers[phase] = Packer(manifest)
-            fields = fields | {"payload": packers[phase].pack(tensors)}
+            payload = packers[phase].pack(tensors)
             while True:  # a reconnect resubmits it: the database answers a retry idempotently
                 try:
                     store = store or Store(connect(self.dsn))
-                    verdict = store.execute_binary("submit_result", **fields)
+                    verdict = upload_result(store, fields, payload)
                     self._report(store, unit, verdict)
                     backoff.reset()
                     break

@@ -1,0 +1,25 @@
+"""A worker's submission of a result, the one write on its hot path (no torch needed here)."""
+
+from __future__ import annotations
+
+from ganpool.store.connection import Store
+
+# Payloads from this size up stream in by COPY (25 MB: ~100 ms here, against ~170 ms as a
+# bound parameter); smaller ones go in one call, as a parameter (fewer round trips).
+COPY_FROM_BYTES = 1 << 20
+
+
+def upload_result(store: Store, fields: dict, payload: memoryview | bytes) -> dict:
+    """Submit a result: in one transaction, the claim is checked and the result recorded,
+    then the payload streams in by COPY (a retry whose first try committed sends nothing).
+    A small payload goes in one call instead, as a parameter: fewer round trips win there.
+    Returns the database's verdict: accepted, and the reason when not."""
+    if len(payload) < COPY_FROM_BYTES:
+        return store.execute_binary("submit_result", **fields, payload=payload)
+    with store.tx():
+        verdict = store.one("submit_begin", **fields)
+        if verdict["result_id"] is not None:
+            store.copy_in(
+                "copy_payload", types=["int8", "bytea"], row=(verdict["result_id"], payload)
+            )
+    return verdict
