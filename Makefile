@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format clean
+.PHONY: demo test bench lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest
+
+# Performance figures (not part of `make test`): bench/results/latest.json + a table.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/performance.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks

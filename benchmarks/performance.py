@@ -143,7 +143,7 @@ def bench_transport(dsn: str, reps: int = 8) -> dict:
             screening.check(store.copy_out_blob("copy_result_payload", result_id=rid), "both")
             down.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        store.blob("weights_at", "weights", run_id=run.id, version=0)
+        store.copy_out_blob("copy_weights_at", run_id=run.id, version=0)  # as a worker does
         weights_ms = (time.perf_counter() - t0) * 1e3
         store.close()
         coordinator.close()
@@ -160,8 +160,9 @@ def bench_transport(dsn: str, reps: int = 8) -> dict:
 # -- worker processes --------------------------------------------------------------------
 
 
-def worker_process(dsn: str, run_name: str, name: str, out: str) -> None:
-    """A real `Worker` in its own process (1 thread); writes its timeline when the run ends."""
+def worker_process(dsn: str, run_name: str, name: str, out: str, alone: str = "") -> None:
+    """A real `Worker` in its own process (1 thread); writes its timeline when the run ends.
+    With `alone`, it first times three units with no database involved, as a baseline."""
     from ganpool.worker import Worker
 
     torch.set_num_threads(1)
@@ -169,6 +170,14 @@ def worker_process(dsn: str, run_name: str, name: str, out: str) -> None:
     run = find_run(store, run_name)
     store.close()
     worker = Worker(dsn, run, name, device="cpu", poll_s=2.0)
+    alone_s = []
+    if alone:
+        batch = worker.dataset.batch(list(range(run.config.unit_size)))
+        for k in range(8):  # the first ones warm up
+            t0 = time.perf_counter()
+            unit_gradients(worker.g, worker.d, batch, k, run.config.nz)
+            alone_s.append(time.perf_counter() - t0)
+        alone_s = alone_s[4:]
     progress = worker.serve()
     Path(out).write_text(
         json.dumps(
@@ -177,17 +186,19 @@ def worker_process(dsn: str, run_name: str, name: str, out: str) -> None:
                 "units": progress.units,
                 "rejected": progress.rejected,
                 "compute_s": progress.compute_s,
+                "alone_s": alone_s,
             }
         )
     )
 
 
-def _train(dsn: str, run: Run, workers: int, tmp: Path, timeout: float):
+def _train(dsn: str, run: Run, workers: int, tmp: Path, timeout: float, alone: bool = False):
     """Coordinator here (1 thread), workers as processes; returns (coordinator, timelines)."""
     torch.set_num_threads(1)
     coordinator = Coordinator(dsn, run, poll_s=2.0, checkpoint_s=30.0)
     outs = [tmp / f"{run.name}-w{i}.json" for i in range(workers)]
-    procs = [_spawn("_worker", dsn, run.name, f"w{i}", str(out)) for i, out in enumerate(outs)]
+    flag = "alone" if alone else ""
+    procs = [_spawn("_worker", dsn, run.name, f"w{i}", str(o), flag) for i, o in enumerate(outs)]
     workers_gone = threading.Event()
     thread = threading.Thread(target=coordinator.serve, args=(workers_gone.is_set,), daemon=True)
     thread.start()
@@ -203,7 +214,7 @@ def bench_wakeup(dsn: str, tmp: Path, versions: int = 300) -> dict:
     cfg = _config("small", results_per_step=1, max_steps=versions)
     run = _new_run(dsn, "wakeup", cfg)
     coordinator, (w,) = _train(dsn, run, 1, tmp, timeout=600)
-    published = {v: t for t, _, v in coordinator.timeline}
+    published = {v: t for t, e, v in coordinator.timeline if e == "published"}
     first: dict[str, dict[int, float]] = {"claimed": {}, "compute_start": {}}
     for t, event, version, _ in w["timeline"]:
         if event in first and version not in first[event]:
@@ -239,19 +250,40 @@ def _compute_fraction(timeline: list, from_version: int) -> tuple[float, float]:
 def bench_worker(dsn: str, tmp: Path, steps: int = 4) -> dict:
     cfg = _config("dcgan64", results_per_step=UNITS_PER_STEP, max_steps=steps, transport="float32")
     run = _new_run(dsn, "worker", cfg)
-    coordinator, (w,) = _train(dsn, run, 1, tmp, timeout=900)
+    coordinator, (w,) = _train(dsn, run, 1, tmp, timeout=900, alone=True)
+    alone = w["alone_s"]  # the same unit in the same process, no database involved
     fraction, per_unit = _compute_fraction(w["timeline"], from_version=1)
-    published = {v: t for t, _, v in coordinator.timeline}
+    spans = [t for t, e, v, _ in w["timeline"] if v >= 1 and e in ("compute_start", "compute_end")]
+    units = sum(1 for _, e, v, _ in w["timeline"] if v >= 1 and e == "compute_end")
+    images_per_s = units * UNIT / (max(spans) - min(spans))
+    events = sorted(coordinator.timeline)
+    published = {v: t for t, e, v in events if e == "published"}
     last_commit: dict[int, float] = {}
     for t, event, version, _ in w["timeline"]:
         if event == "submitted":
             last_commit[version] = max(t, last_commit.get(version, 0.0))
-    overhead = [(published[v + 1] - t) * 1e3 for v, t in last_commit.items() if v + 1 in published]
+    overhead, woke, collected = [], [], []
+    for v, t in last_commit.items():
+        if v + 1 not in published:
+            continue
+        overhead.append((published[v + 1] - t) * 1e3)
+        # The wake-up that made the step: the last one on version v before v+1 went out.
+        last_woke = max(te for te, e, ve in events if e == "woke" and ve == v)
+        last_collected = max(te for te, e, ve in events if e == "collected" and ve == v)
+        woke.append((last_woke - t) * 1e3)
+        collected.append((last_collected - last_woke) * 1e3)
     return {
         "worker_compute_fraction": fraction,
         "seconds_per_unit": per_unit,
+        "seconds_per_unit_alone": min(alone),
+        "images_per_s_vs_compute_alone": images_per_s * min(alone) / UNIT,
         "coordinator_step_overhead_ms": statistics.median(overhead),
         "coordinator_step_overhead_max_ms": max(overhead),
+        "coordinator_wake_ms": statistics.median(woke),
+        "coordinator_read_last_result_ms": statistics.median(collected),
+        "coordinator_step_and_commit_ms": statistics.median(
+            o - w - c for o, w, c in zip(overhead, woke, collected, strict=True)
+        ),
         "steps": steps,
     }
 
@@ -363,7 +395,7 @@ def bench_cluster(dsn: str, tmp: Path, steps: int = 4) -> dict:
     cfg = _config("dcgan64", results_per_step=UNITS_PER_STEP, max_steps=steps)
     run = _new_run(dsn, "cluster", cfg)
     coordinator, timelines = _train(dsn, run, 2, tmp, timeout=900)
-    published = sorted((v, t) for t, _, v in coordinator.timeline)
+    published = sorted((v, t) for t, e, v in coordinator.timeline if e == "published")
     (v0, t0), (v1, t1) = published[1], published[-1]  # from version 1: all warmed up
     ours = UNITS_PER_STEP * UNIT * (v1 - v0) / (t1 - t0)
     return {

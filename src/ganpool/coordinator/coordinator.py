@@ -113,7 +113,7 @@ class Coordinator:
         self._arrived_version = -1
         self._sum = WeightedMean()
         self._summed: set[int] = set()
-        # (time.time(), "published", version) after each commit, for the benchmark.
+        # (time.time(), event, version): woke / collected / published, for the benchmark.
         self.timeline: deque[tuple[float, str, int]] = deque(maxlen=100_000)
         self._acquire_ownership()
 
@@ -215,7 +215,9 @@ class Coordinator:
                     Store(listener).execute("listen_results")
                     backoff.reset()
                     while not should_stop():
+                        self.timeline.append((time.time(), "woke", self.version))
                         self._collect()
+                        self.timeline.append((time.time(), "collected", self.version))
                         if self.tick():
                             return
                         for _ in listener.notifies(timeout=self.poll_s, stop_after=1):

@@ -44,7 +44,7 @@ class WeightedMean:
         self.count += 1
 
     def mean(self) -> dict[str, torch.Tensor]:
-        return {k: (self.sums[k] / self.weight).to(torch.float32) for k in self.live}
+        return {k: self.sums[k].to(torch.float32).div_(self.weight) for k in self.live}
 
 
 def load_weights(g: Generator, d: Discriminator, tensors: dict[str, torch.Tensor]) -> None:
@@ -72,8 +72,10 @@ class TrainingState:
         self.cfg = cfg
         self.g, self.d = build_models(cfg.model, cfg.seed)
         betas = (cfg.beta1, cfg.beta2)
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g, betas=betas)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=betas)
+        # fused: one kernel over all parameters, ~4x quicker than the loop on a CPU. It sits
+        # between a step's last result and the next version's publication.
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g, betas=betas, fused=True)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=betas, fused=True)
         # Create Adam's state up front (as its first step would), so a saved optimiser always
         # has the same tensor names and shapes, from version 0 on.
         for _, p, opt in self._named():

@@ -178,8 +178,12 @@ class Worker:
         # the fetcher claims the next unit only shortly before then, so a busy worker never
         # sits on a unit an idle one could be computing.
         self._busy_until: float | None = None
+        # Units handed to the compute thread and not yet computed (0, 1 or 2), with the lock
+        # that keeps it and _busy_until consistent for the fetcher.
+        self._in_hand = 0
+        self._turn = threading.Lock()
         self._prepare_s = 0.3  # how long claiming + downloading took, smoothed
-        self._last_compute_s = 1.0
+        self._recent_compute_s: deque[float] = deque([1.0], maxlen=4)
         self._seen_rejection = 0
         self._standing_version = -1
 
@@ -272,7 +276,10 @@ class Worker:
             else:  # the parameters are the version's still; the statistics moved
                 reset_buffers(self.g, self.d, item.weights)
             t0 = time.perf_counter()
-            self._busy_until = time.monotonic() + self._last_compute_s
+            with self._turn:
+                # The quickest recent unit: a claim too early costs little, one too late
+                # leaves the compute idle (units slow down while uploads share the CPU).
+                self._busy_until = time.monotonic() + min(self._recent_compute_s)
             self.timeline.append((time.time(), "compute_start", unit["version"], unit["unit_id"]))
             phase = unit["phase"]
             real = None if item.real is None else item.real.to(self.device, non_blocking=True)
@@ -280,10 +287,12 @@ class Worker:
                 self.g, self.d, real, unit["noise_seed"], self.cfg.nz, phase, len(unit["indices"])
             )
             seconds = time.perf_counter() - t0
-            self._busy_until = None
+            with self._turn:
+                self._busy_until = None
+                self._in_hand -= 1
             self.timeline.append((time.time(), "compute_end", unit["version"], unit["unit_id"]))
             self.progress.compute_s += seconds
-            self._last_compute_s = seconds
+            self._recent_compute_s.append(seconds)
             fields = {
                 "worker_id": self.worker_id,
                 "unit_id": unit["unit_id"],
@@ -331,8 +340,8 @@ class Worker:
                     self._hold(unit, True)
                     self.timeline.append((time.time(), "claimed", unit["version"], unit["unit_id"]))
                     if weights is None or weights[0] != unit["version"]:
-                        blob = store.blob(
-                            "weights_at", "weights", run_id=self.run.id, version=unit["version"]
+                        blob = store.copy_out_blob(
+                            "copy_weights_at", run_id=self.run.id, version=unit["version"]
                         )
                         if blob is None:  # pruned: the run has moved on past this unit
                             log.info(
@@ -357,6 +366,8 @@ class Worker:
                         if self.pin:
                             real = real.pin_memory()
                     self._prepare_s = 0.7 * self._prepare_s + 0.3 * (time.monotonic() - t0)
+                    with self._turn:
+                        self._in_hand += 1
                     self._ready.put(Prepared(unit, weights[1], real))
             except CONNECTION_ERRORS as e:
                 backoff.wait(e)  # then reconnect, re-LISTEN and catch up
@@ -366,25 +377,24 @@ class Worker:
                         conn.close()
 
     def _wait_for_turn(self) -> None:
-        """Return when the compute thread is idle, or will be within the time a claim and
-        its download take (with margin): then the next unit is ready just in time."""
+        """Return when the compute thread has nothing in hand, or will be done with its one
+        unit within the time a claim and its download take (with margin): then the next
+        unit is ready just in time."""
         while not self._stopping.is_set():
-            if not self._ready.empty():
-                time.sleep(0.005)  # the compute thread has not taken the last one yet
-                continue
-            until = self._busy_until
-            if until is None:
+            with self._turn:
+                in_hand, until = self._in_hand, self._busy_until
+            if in_hand == 0:
                 return
-            if not self.claim_ahead:
-                time.sleep(0.005)
+            if in_hand == 1 and until is not None and self.claim_ahead:
+                # Lead by what preparing takes, but never by more than half a computation:
+                # a quick worker does not hoard units that idle workers are about to claim.
+                lead = min(max(0.1, 2 * self._prepare_s), 0.5 * min(self._recent_compute_s))
+                left = until - time.monotonic() - lead
+                if left <= 0:
+                    return
+                time.sleep(min(left, 0.05))
                 continue
-            # Lead by what preparing takes, but never by more than half a computation: a
-            # quick worker does not hoard units that idle workers are about to claim.
-            lead = min(max(0.1, 2 * self._prepare_s), 0.5 * self._last_compute_s)
-            left = until - time.monotonic() - lead
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.05))
+            time.sleep(0.005)  # a unit waits to start, or is just starting or ending
 
     # -- the uploader: pack into a reused buffer, submit, report -------------------------
 

@@ -266,6 +266,11 @@ WHERE r.id = %(run_id)s;
 -- One version's weights, if still kept.
 SELECT weights FROM version_weights WHERE run_id = %(run_id)s AND version = %(version)s;
 
+-- copy_weights_at --
+-- One version's weights streamed out by COPY (what a worker downloads), if still kept.
+COPY (SELECT weights FROM version_weights WHERE run_id = %(run_id)s AND version = %(version)s)
+TO STDOUT (FORMAT BINARY);
+
 -- run_state --
 -- What a worker polls between units: status and newest version.
 SELECT status, current_version FROM runs WHERE id = %(run_id)s;
@@ -423,9 +428,11 @@ WHERE id = %(worker_id)s;
 -- disable_untrusted --
 -- Disable a worker whose trust fell below the run's threshold after disagreeing with at
 -- least two different peers (one peer alone cannot say who was wrong), and its student.
-WITH w AS (
+WITH locked AS (  -- FOR UPDATE: a worker call in flight finishes first, later ones see this
+    SELECT id FROM workers WHERE id = %(worker_id)s FOR UPDATE
+), w AS (
     UPDATE workers SET disabled = true
-    WHERE id = %(worker_id)s AND trust < %(below)s AND NOT disabled
+    WHERE id = (SELECT id FROM locked) AND trust < %(below)s AND NOT disabled
       AND (SELECT count(DISTINCT CASE WHEN s.worker_a = %(worker_id)s THEN s.worker_b
                                       ELSE s.worker_a END)
            FROM spot_checks AS s

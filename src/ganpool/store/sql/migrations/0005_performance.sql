@@ -1,5 +1,35 @@
 -- Faster paths (docs/performance.md).
 --
+-- A worker claims its next unit while it uploads the last one, on two connections. Both
+-- calls check the caller's worker row; that check used to lock the row FOR NO KEY UPDATE,
+-- so a claim waited for the whole upload. It now takes the weakest lock, KEY SHARE, and a
+-- disable takes FOR UPDATE, which still makes a call that follows a disable see it.
+CREATE OR REPLACE FUNCTION ganpool_caller_worker(p_worker_id bigint,
+                                                 p_leaving boolean DEFAULT false)
+RETURNS workers
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    w workers%ROWTYPE;
+BEGIN
+    IF NOT p_leaving THEN
+        PERFORM ganpool_assert_enabled();
+    END IF;
+    SELECT * INTO w FROM workers WHERE id = p_worker_id FOR KEY SHARE;
+    IF w.id IS NULL THEN
+        RAISE EXCEPTION 'worker % is not registered', p_worker_id USING ERRCODE = 'no_data_found';
+    END IF;
+    IF w.role_name <> session_user AND NOT ganpool_is_instructor() THEN
+        RAISE EXCEPTION 'worker % belongs to another login', p_worker_id
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF w.disabled AND NOT p_leaving THEN
+        RAISE EXCEPTION 'worker % has been disabled: its results kept failing spot checks',
+            p_worker_id USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN w;
+END;
+$$;
+
 -- Uploading a result by COPY: a payload streams into the server faster than it binds as a
 -- parameter (docs/performance.md). In one transaction, a worker calls
 -- ganpool_submit_begin, which checks its claim and records the result, then COPYs the
@@ -54,8 +84,6 @@ BEGIN
             p_d_real, p_d_fake, p_compute_seconds)
     RETURNING id INTO v_result;
     UPDATE work_units SET state = 'submitted', lease_expires_at = NULL WHERE id = u.id;
-    UPDATE workers SET last_heartbeat = now()
-    WHERE id = p_worker_id AND last_heartbeat < now() - interval '1 second';
     PERFORM pg_notify('ganpool_results', u.run_id::text);  -- delivered at commit
     RETURN QUERY SELECT true, NULL::text, v_result;
 END;
