@@ -302,6 +302,7 @@ def bench_queue(
     coordinator.close()
     issue_s = time.perf_counter() - t0
     outs = [tmp / f"queue-{i}.json" for i in range(clients)]
+    time.sleep(5)  # let the previous section's background work (autovacuum) settle
     cpu0, children0 = _postgres_cpu_s(pg), _children_cpu_s()
     start_at = str(time.time() + 3.0)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -287,7 +287,9 @@ class Coordinator:
             self.timeline.append((time.time(), "published", self.version))
             if self.version % (c.sample_every * c.versions_per_step) == 0:
                 self._store_sample(self.version)
-        due = time.monotonic() - self._checkpoint_at >= self.checkpoint_s
+        # Only right after a publication (or at the end), when the workers have just started
+        # on the new version: never while the last result of a step may be landing.
+        due = self.version != before and time.monotonic() - self._checkpoint_at >= self.checkpoint_s
         if self.version != self._checkpointed and (over or due):
             with self.store.tx():
                 self._save_checkpoint(self.version)
@@ -379,11 +381,11 @@ class Coordinator:
 
     def _save_checkpoint(self, version: int) -> None:
         """Save the Adam state of `version` and drop the payloads it has absorbed."""
-        self.store.execute_binary(
-            "save_coordinator_state",
-            run_id=self.run.id,
-            version=version,
-            optimizer=self._pack("optimizer", self.state.optimizer_tensors()),
+        self.store.execute("delete_coordinator_state", run_id=self.run.id)
+        self.store.copy_in(
+            "copy_coordinator_state",
+            types=["int8", "int4", "bytea"],
+            row=(self.run.id, version, self._pack("optimizer", self.state.optimizer_tensors())),
         )
         self.store.execute("delete_checkpointed_payloads", run_id=self.run.id, version=version)
         keep_from = version - self.cfg.keep_versions + 1  # replays now start from here

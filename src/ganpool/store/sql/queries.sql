@@ -216,11 +216,14 @@ DELETE FROM result_payloads AS p
 USING version_contributions AS c
 WHERE c.result_id = p.result_id AND c.run_id = %(run_id)s AND c.version <= %(version)s;
 
--- save_coordinator_state --
--- The checkpoint: the optimiser state of one version (a restart replays what came after).
-INSERT INTO coordinator_state (run_id, version, optimizer)
-VALUES (%(run_id)s, %(version)s, %(optimizer)s)
-ON CONFLICT (run_id) DO UPDATE SET version = excluded.version, optimizer = excluded.optimizer;
+-- delete_coordinator_state --
+-- Make way for a new checkpoint (in the same transaction as its COPY).
+DELETE FROM coordinator_state WHERE run_id = %(run_id)s;
+
+-- copy_coordinator_state --
+-- The checkpoint: the optimiser state of one version, by COPY (binary rows: run_id,
+-- version, optimizer). A restart replays what came after it.
+COPY coordinator_state (run_id, version, optimizer) FROM STDIN (FORMAT BINARY);
 
 -- coordinator_state --
 -- The checkpoint's version and optimiser state.
