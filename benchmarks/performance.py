@@ -6,11 +6,11 @@ machine, in this run; ratios compare things measured minutes apart on the same m
     .venv/bin/python benchmarks/performance.py [--scale-seconds 300] [--only transport,...]
 
 Sections (docs/performance.md explains each figure and how to read it):
+  queue      16 client processes claim-and-complete 20,000 units (first: a quiet server)
   transport  a 25 MB result (the 64x64 DCGAN's gradients) up and down, fp32 and 16-bit
   wakeup     version published -> a worker claims a unit of it (small model, many versions)
   worker     1 worker x 1 thread, 8 units of 64 per step: share of wall time computing, and
              the coordinator's last-result-commit -> NOTIFY time
-  queue      16 client processes claim-and-complete 20,000 units
   cluster    coordinator + 2 workers x 1 thread against torch.distributed (gloo) data
              parallel with 2 processes x 1 thread, same global batch, same computation
   scale      100 simulated workers (own connections, small model) for --scale-seconds
@@ -302,7 +302,6 @@ def bench_queue(
     coordinator.close()
     issue_s = time.perf_counter() - t0
     outs = [tmp / f"queue-{i}.json" for i in range(clients)]
-    time.sleep(5)  # let the previous section's background work (autovacuum) settle
     cpu0, children0 = _postgres_cpu_s(pg), _children_cpu_s()
     start_at = str(time.time() + 3.0)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -693,7 +692,7 @@ def main() -> None:
         }[sys.argv[1]](*sys.argv[2:])
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", default="transport,wakeup,worker,queue,cluster,scale")
+    ap.add_argument("--only", default="queue,transport,wakeup,worker,cluster,scale")
     ap.add_argument("--scale-seconds", type=float, default=300.0)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -707,6 +706,13 @@ def main() -> None:
         tmp = Path(pg.data_dir).parent / f"bench-{os.getpid()}"
         tmp.mkdir(exist_ok=True)
         r["machine"] = machine(dsn)
+        # First, on a quiet server: later sections leave autovacuum work behind that would
+        # eat into it.
+        if "queue" in only:
+            q = bench_queue(dsn, pg, tmp)
+            r["queue"] = q
+            r["claims_per_second_16_clients"] = q["claims_per_second_16_clients"]
+            print(f"queue: {json.dumps(q)}", flush=True)
         if "transport" in only:
             t = bench_transport(dsn)
             r["transport"] = t
@@ -726,11 +732,6 @@ def main() -> None:
             r["worker_compute_fraction"] = w["worker_compute_fraction"]
             r["coordinator_step_overhead_ms"] = w["coordinator_step_overhead_ms"]
             print(f"worker: {json.dumps(w)}", flush=True)
-        if "queue" in only:
-            q = bench_queue(dsn, pg, tmp)
-            r["queue"] = q
-            r["claims_per_second_16_clients"] = q["claims_per_second_16_clients"]
-            print(f"queue: {json.dumps(q)}", flush=True)
         if "cluster" in only:
             c = bench_cluster(dsn, tmp)
             r["cluster"] = c
