@@ -25,13 +25,12 @@ class WeightedMean:
         self.sums: dict[str, torch.Tensor] = {}
         self.live: set[str] = set()  # keys added since the last reset
         self.weight = 0.0
-        self.count = 0
 
     def reset(self) -> None:
         for k in self.live:
             self.sums[k].zero_()
         self.live.clear()
-        self.weight, self.count = 0.0, 0
+        self.weight = 0.0
 
     def add(self, tensors: dict[str, torch.Tensor], weight: float) -> None:
         for k, t in tensors.items():
@@ -41,7 +40,6 @@ class WeightedMean:
             total.add_(t, alpha=weight)
             self.live.add(k)
         self.weight += weight
-        self.count += 1
 
     def mean(self) -> dict[str, torch.Tensor]:
         return {k: self.sums[k].to(torch.float32).div_(self.weight) for k in self.live}
