@@ -40,7 +40,7 @@ from ganpool.runs import Run, create_run, find_run
 from ganpool.serialization.tensors import Packer
 from ganpool.settings import load_run_config
 from ganpool.store import Store, connect, migrate
-from ganpool.store.submission import upload_result
+from ganpool.store.submission import submission, upload_result
 from ganpool.training.gradients import result_manifest, unit_gradients
 from ganpool.training.state import load_weights
 
@@ -124,17 +124,9 @@ def bench_transport(dsn: str, reps: int = 8) -> dict:
             unit = store.one("claim_unit", worker_id=worker_id)
             t0 = time.perf_counter()
             payload = packer.pack(result.tensors)
-            fields = {
-                "worker_id": worker_id,
-                "unit_id": unit["unit_id"],
-                "attempt": unit["attempt"],
-                "g_loss": 0.0,
-                "d_loss": 0.0,
-                "d_real": 0.5,
-                "d_fake": 0.5,
-                "compute_seconds": 1.0,
-            }
-            verdict = upload_result(store, fields, payload)  # the worker's own upload
+            verdict = upload_result(
+                store, submission(worker_id, unit), payload
+            )  # the worker's own upload
             up.append(time.perf_counter() - t0)
             assert verdict["accepted"], verdict
             size = len(payload)
@@ -471,18 +463,10 @@ def scale_process(dsn: str, run_name: str, first: str, count: str) -> None:
                 continue
             load_weights(g, d, w)
             r = unit_gradients(g, d, faces.batch(unit["indices"]), unit["noise_seed"], cfg.nz)
-            s.execute_binary(
-                "submit_result",
-                worker_id=wid,
-                unit_id=unit["unit_id"],
-                attempt=unit["attempt"],
-                payload=packer.pack(r.tensors),
-                g_loss=r.g_loss,
-                d_loss=r.d_loss,
-                d_real=r.d_real,
-                d_fake=r.d_fake,
-                compute_seconds=0.0,
+            fields = submission(
+                wid, unit, g_loss=r.g_loss, d_loss=r.d_loss, d_real=r.d_real, d_fake=r.d_fake
             )
+            upload_result(s, fields, packer.pack(r.tensors))  # as a worker submits
         s.one("leave_run", worker_id=wid)
         s.close()
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ganpool.store import Store, connect
-from ganpool.store.submission import upload_result
+from ganpool.store.submission import submission, upload_result
 
 
 def main(dsn: str, run_id: str, name: str, out: str, start_at: str) -> None:
@@ -27,16 +27,7 @@ def main(dsn: str, run_id: str, name: str, out: str, start_at: str) -> None:
         unit = store.one("claim_unit", worker_id=worker_id)
         if unit is None:
             break
-        fields = {
-            "worker_id": worker_id,
-            "unit_id": unit["unit_id"],
-            "attempt": unit["attempt"],
-            "g_loss": 0.0,
-            "d_loss": 0.0,
-            "d_real": 0.5,
-            "d_fake": 0.5,
-            "compute_seconds": 0.0,
-        }
+        fields = submission(worker_id, unit)
         if upload_result(store, fields, b"x" * 64)["accepted"]:  # the worker's own submission
             done.append(time.time())
     store.close()

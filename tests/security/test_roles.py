@@ -12,7 +12,7 @@ import pytest
 from ganpool.coordinator import Coordinator
 from ganpool.errors import GanpoolError, LoginRefused
 from ganpool.store import Store, connect
-from ganpool.store.submission import upload_result
+from ganpool.store.submission import submission, upload_result
 from ganpool.students import add_student, disable_student, enable_student, remove_student
 from tests.helpers import make_run
 
@@ -212,19 +212,6 @@ def test_disabled_student_is_refused_on_the_next_call_and_removed_cannot_log_in(
         connect(klass["joins"][1])
 
 
-def _fields(worker_id: int, unit: dict) -> dict:
-    return {
-        "worker_id": worker_id,
-        "unit_id": unit["unit_id"],
-        "attempt": unit["attempt"],
-        "g_loss": 0.0,
-        "d_loss": 0.0,
-        "d_real": 0.5,
-        "d_fake": 0.5,
-        "compute_seconds": 0.1,
-    }
-
-
 def test_a_payload_by_copy_goes_only_to_the_students_own_waiting_result(klass):
     """Large payloads stream in by COPY: a trigger checks every row, COPY included."""
     alice, bob = klass["students"]
@@ -233,7 +220,7 @@ def test_a_payload_by_copy_goes_only_to_the_students_own_waiting_result(klass):
     limit = run.config.max_payload_bytes
     # Bob records a result and commits without its payload (only COPY could add it later).
     bob_unit = bob.one("claim_unit", worker_id=bobs)
-    bob_result = bob.one("submit_begin", **_fields(bobs, bob_unit))["result_id"]
+    bob_result = bob.one("submit_begin", **submission(bobs, bob_unit))["result_id"]
     row = (bob_result, b"\x00" * (2 << 20))
     with pytest.raises(Denied, match="belongs to another login"):
         alice.copy_in("copy_payload", types=["int8", "bytea"], row=row)
@@ -250,7 +237,7 @@ def test_a_payload_by_copy_goes_only_to_the_students_own_waiting_result(klass):
     # Alice's own upload, the worker's way: result and payload in one transaction.
     unit = alice.one("claim_unit", worker_id=mine)
     payload = b"\x07" * (2 << 20)
-    assert upload_result(alice, _fields(mine, unit), payload)["accepted"]
+    assert upload_result(alice, submission(mine, unit), payload)["accepted"]
     stored = klass["instructor"].copy_out_blob(
         "copy_result_payload",
         result_id=klass["instructor"].one("arrived_results", run_id=run.id, version=0)["id"],
@@ -264,7 +251,7 @@ def test_a_result_sent_without_its_payload_is_refused_with_a_reason(klass):
     mine = _register(alice, run.id)
     units = [alice.one("claim_unit", worker_id=mine) for _ in range(2)]
     for u in units:
-        assert alice.one("submit_begin", **_fields(mine, u))["accepted"]  # no COPY follows
+        assert alice.one("submit_begin", **submission(mine, u))["accepted"]  # no COPY follows
     coordinator.tick()
     assert coordinator.version == 0  # nothing applicable: the step did not happen
     reasons = alice.all("worker_rejections", worker_id=mine, after_id=0)

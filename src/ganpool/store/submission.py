@@ -9,6 +9,29 @@ from ganpool.store.connection import Store
 COPY_FROM_BYTES = 1 << 20
 
 
+def submission(
+    worker_id: int,
+    unit: dict,
+    *,
+    g_loss: float = 0.0,
+    d_loss: float = 0.0,
+    d_real: float = 0.5,
+    d_fake: float = 0.5,
+    compute_seconds: float = 0.0,
+) -> dict:
+    """The fields a submission sends besides its payload, for a claimed `unit`."""
+    return {
+        "worker_id": worker_id,
+        "unit_id": unit["unit_id"],
+        "attempt": unit["attempt"],
+        "g_loss": g_loss,
+        "d_loss": d_loss,
+        "d_real": d_real,
+        "d_fake": d_fake,
+        "compute_seconds": compute_seconds,
+    }
+
+
 def upload_result(store: Store, fields: dict, payload: memoryview | bytes) -> dict:
     """Submit a result: in one transaction, the claim is checked and the result recorded,
     then the payload streams in by COPY (a retry whose first try committed sends nothing).

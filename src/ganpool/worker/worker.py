@@ -47,7 +47,7 @@ from ganpool.runs import Run
 from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.store import Store, connect
 from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff
-from ganpool.store.submission import upload_result
+from ganpool.store.submission import submission, upload_result
 from ganpool.training.gradients import result_manifest, unit_gradients
 from ganpool.training.state import load_weights, reset_buffers, weights_of
 
@@ -293,16 +293,15 @@ class Worker:
             self.timeline.append((time.time(), "compute_end", unit["version"], unit["unit_id"]))
             self.progress.compute_s += seconds
             self._recent_compute_s.append(seconds)
-            fields = {
-                "worker_id": self.worker_id,
-                "unit_id": unit["unit_id"],
-                "attempt": unit["attempt"],
-                "g_loss": result.g_loss,
-                "d_loss": result.d_loss,
-                "d_real": result.d_real,
-                "d_fake": result.d_fake,
-                "compute_seconds": seconds,
-            }
+            fields = submission(
+                self.worker_id,
+                unit,
+                g_loss=result.g_loss,
+                d_loss=result.d_loss,
+                d_real=result.d_real,
+                d_fake=result.d_fake,
+                compute_seconds=seconds,
+            )
             self._outbox.put((unit, fields, result.tensors))
             computed += 1
             if self.max_units and computed >= self.max_units:
