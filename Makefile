@@ -3,25 +3,32 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# torch from this machine's disk (the CPU wheel), never a CUDA build from an index.
+PIP    := $(BIN)/pip install --quiet -c constraints.txt
 
-.PHONY: demo test bench lint format clean
+.PHONY: demo test wheel bench lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test,metrics,hub]'
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) -e '.[instructor,test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/ganpool demo --workers 2 --steps 600 --out demo-out
 
-test: $(STAMP)
+# dist/ganpool-<version>-py3-none-any.whl: what students install (`ganpool dashboard` serves it).
+wheel: $(STAMP)
+	rm -rf build dist
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+
+test: $(STAMP) wheel
 	@test -x /usr/bin/chromium || apt-get install -y chromium >/dev/null  # browser tests
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/python -m pytest
+	GANPOOL_TEST_WHEEL_DIR=dist $(BIN)/python -m pytest
 
 # Performance figures (not part of `make test`): bench/results/latest.json + a table.
 bench: $(STAMP)
@@ -32,4 +39,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) build dist demo-out .pytest_cache

@@ -190,8 +190,12 @@ def cmd_student(args) -> int:
         join = students.add_student(
             store, args.name, args.host, args.port, args.sslmode, args.sslrootcert
         )
-        print(f"student {args.name!r} added. Give them this join string (shown only once):")
-        print(f"\n  ganpool worker --join '{join}'\n")
+        from ganpool.distribution import install_and_join
+
+        print(f"student {args.name!r} added. Give them this command (shown only once):")
+        print(f"\n  {install_and_join(join, args.install)}\n")
+        if not args.install:
+            print("(they install ganpool first: --install URL|PATH prints that step too)")
     elif args.student_command == "list":
         rows = students.list_students(store)
         print(f"{'student':<24} {'state':<9} {'trust':>5} {'units':>6}  last seen")
@@ -379,20 +383,27 @@ def cmd_sample(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
-    import uvicorn
-
-    from ganpool.dashboard.app import create_app
+    from ganpool.dashboard.app import create_app  # first: names the extra if one is missing
     from ganpool.store.connection import resolve_dsn
 
     _, store = _store(args)  # fail early, in one line, on a bad connection or schema
     store.close()
     password = os.environ.get("GANPOOL_DASHBOARD_PASSWORD") or None
-    app = create_app(resolve_dsn(args.db), args.control_db, password)
+    wheel = None
+    if args.wheel:
+        from ganpool.distribution import find_wheel
+
+        wheel = find_wheel(Path(args.wheel))
+    app = create_app(resolve_dsn(args.db), args.control_db, password, wheel=wheel)
     print(
         f"dashboard on http://{args.host}:{args.port}/ "
         f"({'instructor controls on' if password else 'read-only'})",
         flush=True,
     )
+    if wheel:
+        print(f"serving {wheel} to students at /wheel/{wheel.name}", flush=True)
+    import uvicorn
+
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -477,6 +488,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=int, help="port students connect to")
     a.add_argument("--sslmode", help="e.g. verify-full (passed to the student's libpq)")
     a.add_argument("--sslrootcert", help="CA file path on the student's machine")
+    a.add_argument(
+        "--install",
+        default=os.environ.get("GANPOOL_INSTALL"),
+        metavar="SOURCE",
+        help="where students pip-install ganpool from: the dashboard's address (it serves "
+        "the wheel), a wheel's URL or path, or a git URL (default: $GANPOOL_INSTALL)",
+    )
     db_arg(a)
     a.set_defaults(func=cmd_student)
     for action in ("list", "disable", "enable", "remove"):
@@ -548,6 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--control-db",
         help="URL with instructor rights for the controls (default: --db); the controls "
         "also need $GANPOOL_DASHBOARD_PASSWORD, which the instructor types to log in",
+    )
+    dash.add_argument(
+        "--wheel",
+        default=os.environ.get("GANPOOL_WHEEL"),
+        help="serve this wheel (or this version's wheel in this folder, e.g. dist/) to "
+        "students at /wheel/ (default: $GANPOOL_WHEEL)",
     )
     dash.set_defaults(func=cmd_dashboard)
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import pathlib
 import secrets
 from contextlib import asynccontextmanager
 from importlib import resources
+from os import PathLike
 from typing import Annotated, Any
 
 import psycopg
@@ -26,6 +28,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, Field
 
+from ganpool.dashboard.wheel import add_wheel_routes
 from ganpool.settings import RunConfig
 from ganpool.store.queries import named_queries
 
@@ -102,6 +105,7 @@ def create_app(
     control_db: str | None = None,
     instructor_password: str | None = None,
     max_points: int = 400,
+    wheel: PathLike | None = None,
 ) -> FastAPI:
     queries = named_queries()
     secret = secrets.token_bytes(32)
@@ -277,4 +281,6 @@ def create_app(
             raise HTTPException(404, f"no student named {name!r}") from None
         return Done(ok=True, message=f"student {name} disabled")
 
+    if wheel is not None:  # what students install (ganpool.dashboard.wheel)
+        add_wheel_routes(app, pathlib.Path(wheel))
     return app

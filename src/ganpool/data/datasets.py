@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ganpool.errors import DatasetMismatch, GanpoolError
+from ganpool.extras import require
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -67,9 +68,9 @@ class InMemoryImages:
 
 def builtin_faces(size: int = 32, channels: int = 1) -> InMemoryImages:
     """The 100 real LFW faces scikit-image ships (the first 100 of `lfw_subset`), no download."""
-    from skimage.data import lfw_subset
-
-    faces = (lfw_subset()[:100] * 255.0).round().astype(np.uint8)  # 100 x 25 x 25 grayscale
+    skimage_data = require("skimage.data", "faces", "the built-in faces dataset")
+    # 100 x 25 x 25 grayscale
+    faces = (skimage_data.lfw_subset()[:100] * 255.0).round().astype(np.uint8)
     tensors = [to_tensor(Image.fromarray(face), size, channels) for face in faces]
     images = torch.stack(tensors)
     digest = hashlib.sha256(b"faces-v1|%d|%d|" % (size, channels))

@@ -24,6 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from ganpool.errors import GanpoolError
+from ganpool.extras import require
 
 _INPUT_RANGE = (-1.0, 0.9921875)  # what this Inception export expects (TF-style)
 
@@ -67,7 +68,7 @@ class InceptionFeatures:
 
 
 def fid(real: np.ndarray, fake: np.ndarray) -> float:
-    from scipy import linalg
+    linalg = require("scipy.linalg", "metrics", "FID")
 
     mu_r, mu_f = real.mean(0), fake.mean(0)
     s_r, s_f = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)

