@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/ganpool demo --workers 2 --steps 600 --out demo-out
 
 # dist/ganpool-<version>-py3-none-any.whl: what students install (`ganpool dashboard` serves it).
-wheel: $(STAMP)
+wheel: $(BIN)/python
 	rm -rf build dist
 	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
 

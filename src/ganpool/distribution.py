@@ -9,7 +9,6 @@ stands for the wheel it serves. The wheel asks for any torch, so a student's CUD
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -50,9 +49,14 @@ def install_source(source: str) -> str:
     return source
 
 
+def _quoted(word: str) -> str:
+    """Always in single quotes: zsh, a Mac's shell, would expand an unquoted `?`."""
+    return "'" + word.replace("'", "'\"'\"'") + "'"
+
+
 def install_and_join(join: str, source: str | None) -> str:
     """The one line a student pastes into a terminal (or a notebook cell, after a `!`)."""
-    worker = f"ganpool worker --join {shlex.quote(join)}"
+    worker = f"ganpool worker --join {_quoted(join)}"
     if not source:
         return worker
-    return f"pip install {shlex.quote(install_source(source))} && {worker}"
+    return f"pip install {_quoted(install_source(source))} && {worker}"

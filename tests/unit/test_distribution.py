@@ -37,6 +37,8 @@ def test_one_command_installs_then_joins_and_survives_the_shell():
     assert words[:3] == ["pip", "install", f"http://10.0.0.5:8000/wheel/{WHEEL}"]
     assert words[3:] == ["&&", "ganpool", "worker", "--join", JOIN]
     assert shlex.split(install_and_join(JOIN, "/a dir/g.whl"))[2] == "/a dir/g.whl"
+    assert shlex.split(install_and_join(JOIN, "/it's/g.whl"))[2] == "/it's/g.whl"
+    assert line.startswith(f"pip install 'http://10.0.0.5:8000/wheel/{WHEEL}' && ")
     assert install_and_join(JOIN, None) == f"ganpool worker --join '{JOIN}'"
 
 
