@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,9 +58,14 @@ def wheel(tmp_path_factory) -> Path:
     """`make test` builds dist/ with `make wheel` first; alone, this test builds its own."""
     if os.environ.get("GANPOOL_TEST_WHEEL_DIR"):
         return find_wheel(Path(os.environ["GANPOOL_TEST_WHEEL_DIR"]))
-    out = tmp_path_factory.mktemp("dist")
+    # From a copy of the sources: setuptools' build/ folder must not keep stale files.
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source)
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    out = source / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", out, REPO],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", out, source],
         check=True,
         capture_output=True,
         timeout=300,
