@@ -57,7 +57,7 @@ def _commands(block: str) -> list[str]:
 def wheel(tmp_path_factory) -> Path:
     """`make test` builds dist/ with `make wheel` first; alone, this test builds its own."""
     if os.environ.get("GANPOOL_TEST_WHEEL_DIR"):
-        return find_wheel(Path(os.environ["GANPOOL_TEST_WHEEL_DIR"]))
+        return find_wheel(Path(os.environ["GANPOOL_TEST_WHEEL_DIR"]).resolve())
     # From a copy of the sources: setuptools' build/ folder must not keep stale files.
     source = tmp_path_factory.mktemp("source")
     for name in ("pyproject.toml", "README.md"):
