@@ -64,6 +64,7 @@ def test_a_worker_imports_nothing_optional():
         (["train-local", "--steps", "1", "--out", "{tmp}"], "faces"),
         (["evaluate", "--model", "{tmp}"], "metrics"),
         (["data", "download", "--repo", "a/b", "--out", "{tmp}"], "hub"),
+        (["demo", "--steps", "1", "--out", "{tmp}"], "demo"),
     ],
 )
 def test_a_command_without_its_extra_says_which_to_install(args, extra, tmp_path):
