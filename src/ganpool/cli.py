@@ -187,13 +187,14 @@ def cmd_student(args) -> int:
 
     _, store = _store(args)
     if args.student_command == "add":
+        from ganpool.distribution import find_wheel, install_and_join
+
+        wheel = find_wheel(Path(args.wheel)) if args.wheel else None  # before the login
         join = students.add_student(
             store, args.name, args.host, args.port, args.sslmode, args.sslrootcert
         )
-        from ganpool.distribution import install_and_join
-
         print(f"student {args.name!r} added. Give them this command (shown only once):")
-        print(f"\n  {install_and_join(join, args.install)}\n")
+        print(f"\n  {install_and_join(join, args.install, wheel)}\n")
         if not args.install:
             print("(they install ganpool first: --install URL|PATH prints that step too)")
     elif args.student_command == "list":
@@ -494,6 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SOURCE",
         help="where students pip-install ganpool from: the dashboard's address (it serves "
         "the wheel), a wheel's URL or path, or a git URL (default: $GANPOOL_INSTALL)",
+    )
+    a.add_argument(
+        "--wheel",
+        default=os.environ.get("GANPOOL_WHEEL"),
+        help="the wheel the dashboard serves (a file, or a folder like dist/): its SHA-256 "
+        "goes into the install command, for pip to check (default: $GANPOOL_WHEEL)",
     )
     db_arg(a)
     a.set_defaults(func=cmd_student)

@@ -4,11 +4,13 @@ The instructor builds a wheel (`make wheel` writes dist/ganpool-<version>-py3-no
 `ganpool dashboard --wheel dist/` serves it at /wheel/<its file name>, and `ganpool student
 add --install SOURCE` prints the one command a student runs: install, then join. SOURCE is
 whatever pip accepts (a wheel's URL or path, a git URL), or the dashboard's address, which
-stands for the wheel it serves. The wheel asks for any torch, so a student's CUDA build stays.
+stands for the wheel it serves (with its SHA-256 when `student add --wheel` names it too).
+The wheel asks for any torch, so a student's CUDA build stays.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -41,11 +43,18 @@ def find_wheel(path: Path) -> Path:
     return wheel
 
 
-def install_source(source: str) -> str:
-    """What goes after `pip install`: a dashboard's address becomes the wheel it serves."""
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def install_source(source: str, wheel: Path | None = None) -> str:
+    """What goes after `pip install`: a dashboard's address becomes the wheel it serves,
+    with the wheel's SHA-256 when we have the file: pip checks it, so the code a student
+    runs cannot be changed on its way over the dashboard's plain HTTP."""
     url = urlsplit(source)
     if url.scheme in ("http", "https") and url.path in ("", "/"):
-        return f"{url.scheme}://{url.netloc}{WHEEL_ROUTE}{wheel_name()}"
+        address = f"{url.scheme}://{url.netloc}{WHEEL_ROUTE}{wheel_name()}"
+        return address + (f"#sha256={sha256_of(wheel)}" if wheel else "")
     return source
 
 
@@ -54,9 +63,9 @@ def _quoted(word: str) -> str:
     return "'" + word.replace("'", "'\"'\"'") + "'"
 
 
-def install_and_join(join: str, source: str | None) -> str:
+def install_and_join(join: str, source: str | None, wheel: Path | None = None) -> str:
     """The one line a student pastes into a terminal (or a notebook cell, after a `!`)."""
     worker = f"ganpool worker --join {_quoted(join)}"
     if not source:
         return worker
-    return f"pip install {_quoted(install_source(source))} && {worker}"
+    return f"pip install {_quoted(install_source(source, wheel))} && {worker}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -20,7 +22,8 @@ def test_the_wheel_its_page_and_its_stable_alias(embedded_db, tmp_path):
         r = client.get(f"/wheel/{WHEEL}")
         assert r.status_code == 200 and r.content == wheel.read_bytes()
         page = client.get("/wheel/").text
-        assert f"pip install http://testserver/wheel/{WHEEL}" in page
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        assert f"pip install http://testserver/wheel/{WHEEL}#sha256={digest}" in page
         assert f'href="{WHEEL}"' in page  # a pip --find-links page too
         alias = client.get("/ganpool.whl", follow_redirects=False)
         assert alias.status_code == 307 and alias.headers["location"] == f"/wheel/{WHEEL}"

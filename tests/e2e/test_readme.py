@@ -26,7 +26,7 @@ import httpx
 import psycopg
 import pytest
 
-from ganpool.distribution import find_wheel
+from ganpool.distribution import find_wheel, sha256_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -144,7 +144,9 @@ def test_an_instructor_and_a_student_follow_the_readme(
     readme_line = _commands(_section_block("For a student"))[0]
     expected = readme_line.replace("class.example.edu:8000", f"127.0.0.1:{web_port}")
     expected = expected.replace("db.example.edu:5432/ganpool", f"127.0.0.1:{pg_port}/{dbname}")
-    assert re.sub(r"(ganpool_s_alice:)[^@]+@", r"\1...@", line) == expected
+    masked = re.sub(r"(ganpool_s_alice:)[^@]+@", r"\1...@", line)
+    assert re.sub(r"#sha256=[0-9a-f]{64}", "#sha256=...", masked) == expected
+    assert f"#sha256={sha256_of(wheel)}'" in line  # pip checks what it downloads
 
     _wait_for(f"http://127.0.0.1:{web_port}/wheel/")
     venv = tmp_path / "student-venv"

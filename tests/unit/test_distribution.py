@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 
 import pytest
@@ -40,6 +41,14 @@ def test_one_command_installs_then_joins_and_survives_the_shell():
     assert shlex.split(install_and_join(JOIN, "/it's/g.whl"))[2] == "/it's/g.whl"
     assert line.startswith(f"pip install 'http://10.0.0.5:8000/wheel/{WHEEL}' && ")
     assert install_and_join(JOIN, None) == f"ganpool worker --join '{JOIN}'"
+
+
+def test_a_dashboard_address_carries_the_wheels_sha256(tmp_path):
+    (tmp_path / WHEEL).write_bytes(b"PK")
+    digest = hashlib.sha256(b"PK").hexdigest()
+    line = install_and_join(JOIN, "http://10.0.0.5:8000/", find_wheel(tmp_path))
+    assert shlex.split(line)[2] == f"http://10.0.0.5:8000/wheel/{WHEEL}#sha256={digest}"
+    assert install_source("git+https://e.edu/g.git", tmp_path / WHEEL) == "git+https://e.edu/g.git"
 
 
 def test_find_wheel_takes_this_versions_wheel_from_a_folder(tmp_path):
