@@ -26,7 +26,7 @@ import httpx
 import psycopg
 import pytest
 
-from ganpool.distribution import find_wheel, sha256_of
+from ganpool.distribution import find_wheel, sha256_of, wheel_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -208,3 +208,21 @@ def test_an_instructor_and_a_student_follow_the_readme(
     )
     assert students.returncode == 0, students.stderr
     assert re.search(r"^alice\s+enabled\s+[\d.]+\s+12\s", students.stdout, re.M), students.stdout
+
+
+def test_student_add_checks_the_wheel_before_it_creates_the_login(embedded_db, tmp_path):
+    def ganpool(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "ganpool", *args, "--db", embedded_db],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    r = ganpool("student", "add", "bob", "--install", "http://h:8000", "--wheel", str(tmp_path))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (
+        f"ganpool: error: no wheel at {tmp_path / wheel_name()}: "
+        "build it with `make wheel` (writes dist/)"
+    )
+    assert "bob" not in ganpool("student", "list").stdout  # nothing was created
