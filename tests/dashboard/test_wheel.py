@@ -24,7 +24,7 @@ def test_the_wheel_its_page_and_its_stable_alias(embedded_db, tmp_path):
         page = client.get("/wheel/").text
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
         assert f"pip install http://testserver/wheel/{WHEEL}#sha256={digest}" in page
-        assert f'href="{WHEEL}"' in page  # a pip --find-links page too
+        assert f'href="{WHEEL}#sha256={digest}"' in page  # a pip --find-links page too
         alias = client.get("/ganpool.whl", follow_redirects=False)
         assert alias.status_code == 307 and alias.headers["location"] == f"/wheel/{WHEEL}"
         assert client.get("/wheel/ganpool-9.9-py3-none-any.whl").status_code == 404

@@ -34,7 +34,7 @@ def add_wheel_routes(app: FastAPI, wheel: Path) -> None:
         return (
             f"<!doctype html><title>ganpool for students</title>"
             f"<p>Install: <code>pip install {escape(url)}</code></p>"
-            f'<p><a href="{escape(name)}">{escape(name)}</a></p>'
+            f'<p><a href="{escape(name)}#sha256={digest}">{escape(name)}</a></p>'
         )
 
     @app.get("/ganpool.whl", include_in_schema=False)
