@@ -197,7 +197,8 @@ def test_an_instructor_and_a_student_follow_the_readme(
 
     # The instructor's "during the class" commands see alice's 12 units. (`student list`:
     # `ganpool status`, the block's first line, is the subject of tests of its own.)
-    (listing,) = [c for c in _commands(_section_block("For the instructor", 1)) if "list" in c]
+    during = _commands(_section_block("For the instructor", 1))
+    (listing,) = [c for c in during if c.startswith("ganpool student list")]
     students = subprocess.run(
         ["bash", "-c", listing.split(" | ")[0]],
         cwd=tmp_path,
