@@ -90,6 +90,14 @@ def process_group():
             pass
 
 
+@pytest.fixture
+def student_venv(tmp_path) -> Path:
+    """Where the student's fresh virtual environment goes; 1 GB with torch, so removed."""
+    venv = tmp_path / "student-venv"
+    yield venv
+    shutil.rmtree(venv, ignore_errors=True)
+
+
 def _wait_for(url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -103,7 +111,7 @@ def _wait_for(url: str, timeout: float = 60) -> None:
 
 
 def test_an_instructor_and_a_student_follow_the_readme(
-    embedded_db, embedded_server, wheel, tmp_path, process_group
+    embedded_db, embedded_server, wheel, tmp_path, process_group, student_venv
 ):
     web_port, pg_port = _free_port(), embedded_server.port
     dbname = psycopg.conninfo.conninfo_to_dict(embedded_db)["dbname"]
@@ -149,7 +157,7 @@ def test_an_instructor_and_a_student_follow_the_readme(
     assert f"#sha256={sha256_of(wheel)}'" in line  # pip checks what it downloads
 
     _wait_for(f"http://127.0.0.1:{web_port}/wheel/")
-    venv = tmp_path / "student-venv"
+    venv = student_venv
     subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120)
     student_env = {
         k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
