@@ -47,6 +47,7 @@ import torch
 
 from ganpool.aggregation.robust import aggregate
 from ganpool.coordinator.screening import Arrived, Screening
+from ganpool.coordinator.sweeper import StalledSessionSweeper
 from ganpool.data.datasets import check_fingerprint, open_dataset
 from ganpool.errors import GanpoolError, OwnershipRefused, PayloadError
 from ganpool.evaluation.grid import sample_grid
@@ -59,9 +60,6 @@ from ganpool.training.state import TrainingState, WeightedMean
 
 log = logging.getLogger(__name__)
 
-STALLED_SWEEP_S = 5.0  # how often student sessions stuck in a transaction are looked for
-STALLED_IDLE_S = 30.0  # idle in a transaction this long (a worker's is milliseconds) ends it
-STALLED_ACTIVE_S = 300.0  # one statement this long (a slow 25 MB upload is well under) too
 MIN_NORM_COHORT = 8  # the norm check needs at least this many norms to judge by
 VACUUM_EVERY = 10  # steps between vacuums of the blob tables
 PHASES = ("both", "D", "G")
@@ -119,7 +117,6 @@ class Coordinator:
         # (time.time(), event, version): woke / collected / published, for the benchmark.
         self.timeline: deque[tuple[float, str, int]] = deque(maxlen=100_000)
         self._owner_pid: int | None = None  # the session that holds ownership of the run
-        self._swept_at = 0.0
         self._acquire_ownership()
 
     # -- start and resume ------------------------------------------------------------
@@ -133,24 +130,12 @@ class Coordinator:
             )
         if not got["taken"]:
             self.store.close()
+            log.info("run %s is owned by server process %s", self.run.name, got["holder_pid"])
             raise OwnershipRefused(
-                f"another coordinator is already running run {self.run.name!r} "
-                f"(server process {got['holder_pid']}); stop it first (only one coordinator "
-                "per run)"
+                f"another coordinator is already running run {self.run.name!r}; "
+                "stop it first (only one coordinator per run)"
             )
         self._owner_pid = got["holder_pid"]
-
-    def _end_stalled_sessions(self) -> None:
-        """End student sessions stuck in a transaction (their locks would hold up others),
-        whatever timeouts they SET for themselves. At most every STALLED_SWEEP_S."""
-        if time.monotonic() - self._swept_at < STALLED_SWEEP_S:
-            return
-        self._swept_at = time.monotonic()
-        ended = self.store.one(
-            "end_stalled_sessions", idle_s=STALLED_IDLE_S, active_s=STALLED_ACTIVE_S
-        )["ended"]
-        if ended:
-            log.warning("ended %d stalled student session(s)", ended)
 
     def start(self) -> None:
         """Publish version 0, or reload the newest version and Adam state to resume."""
@@ -223,6 +208,8 @@ class Coordinator:
         A lost database is retried with backoff; on reconnecting, ownership is re-taken and
         the state reloaded from the newest committed version."""
         backoff = Backoff()
+        sweeper = StalledSessionSweeper(self.dsn)
+        sweeper.start()
         try:
             self.start()
             while True:
@@ -239,7 +226,6 @@ class Coordinator:
                     Store(listener).execute("listen_results")
                     backoff.reset()
                     while not should_stop():
-                        self._end_stalled_sessions()
                         self.timeline.append((time.time(), "woke", self.version))
                         self._collect()
                         self.timeline.append((time.time(), "collected", self.version))
@@ -255,6 +241,7 @@ class Coordinator:
                     if listener is not None:
                         listener.close()
         finally:
+            sweeper.stop()
             self.close()
 
     def _measure_quality(self) -> None:

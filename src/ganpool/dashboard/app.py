@@ -27,6 +27,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, Field
 
 from ganpool.settings import RunConfig
+from ganpool.store.connection import session_conninfo
 from ganpool.store.queries import named_queries
 
 RunName = Annotated[str, Path(min_length=1, max_length=200)]
@@ -111,10 +112,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         kw = {"autocommit": True, "row_factory": dict_row}
-        pools["read"] = ConnectionPool(db, min_size=1, max_size=4, kwargs=kw, open=True)
+        pools["read"] = ConnectionPool(
+            session_conninfo(db), min_size=1, max_size=4, kwargs=kw, open=True
+        )
         if instructor_password:
             pools["control"] = ConnectionPool(
-                control_db or db, min_size=0, max_size=1, kwargs=kw, open=True
+                session_conninfo(control_db or db), min_size=0, max_size=1, kwargs=kw, open=True
             )
         yield
         for pool in pools.values():

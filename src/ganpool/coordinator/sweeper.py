@@ -1,0 +1,57 @@
+"""Ending student sessions that hold locks too long, whatever timeouts they set themselves.
+
+Student logins carry `idle_in_transaction_session_timeout` and `statement_timeout` (migration
+0006), which end a stalled honest client. A student can `SET` them back in their own session,
+so the coordinator also runs this sweeper: a thread with a connection of its own (so that it
+still runs while a coordinator statement waits on the very locks it is there to free) that
+every few seconds ends student sessions idle in a transaction, or in one statement, for too
+long (`ganpool_end_stalled_sessions`, a definer function: no superuser needed).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ganpool.store import Store, connect
+from ganpool.store.reconnect import CONNECTION_ERRORS
+
+log = logging.getLogger(__name__)
+
+SWEEP_EVERY_S = 5.0
+IDLE_IN_TRANSACTION_S = 30.0  # a worker's own transactions last milliseconds
+ONE_STATEMENT_S = 300.0  # a 25 MB upload over a slow link takes well under this
+
+
+class StalledSessionSweeper(threading.Thread):
+    def __init__(
+        self,
+        dsn: str,
+        every_s: float = SWEEP_EVERY_S,
+        idle_s: float = IDLE_IN_TRANSACTION_S,
+        active_s: float = ONE_STATEMENT_S,
+    ):
+        super().__init__(daemon=True, name="ganpool-sweeper")
+        self.dsn, self.every_s, self.idle_s, self.active_s = dsn, every_s, idle_s, active_s
+        self.ended = 0  # sessions ended so far
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        store = None
+        while not self._stop.wait(self.every_s):
+            try:
+                store = store or Store(connect(self.dsn))
+                n = store.one("end_stalled_sessions", idle_s=self.idle_s, active_s=self.active_s)
+                if n["ended"]:
+                    self.ended += n["ended"]
+                    log.warning("ended %d stalled student session(s)", n["ended"])
+            except CONNECTION_ERRORS as e:  # the database is away: try again next time
+                log.debug("sweeper: %s", e)
+                if store is not None:
+                    store.close()
+                store = None
+        if store is not None:
+            store.close()
+
+    def stop(self) -> None:
+        self._stop.set()
