@@ -24,15 +24,15 @@ ONE_STATEMENT_S = 300.0  # a 25 MB upload over a slow link takes well under this
 
 
 class StalledSessionSweeper(threading.Thread):
-    def __init__(
-        self,
-        dsn: str,
-        every_s: float = SWEEP_EVERY_S,
-        idle_s: float = IDLE_IN_TRANSACTION_S,
-        active_s: float = ONE_STATEMENT_S,
-    ):
+    def __init__(self, dsn: str):
         super().__init__(daemon=True, name="ganpool-sweeper")
-        self.dsn, self.every_s, self.idle_s, self.active_s = dsn, every_s, idle_s, active_s
+        self.dsn = dsn
+        # Read here, not at import: a test may lower them for a run of its own.
+        self.every_s, self.idle_s, self.active_s = (
+            SWEEP_EVERY_S,
+            IDLE_IN_TRANSACTION_S,
+            ONE_STATEMENT_S,
+        )
         self.ended = 0  # sessions ended so far
         self._stop = threading.Event()
 
