@@ -275,3 +275,58 @@ def test_two_classes_share_a_server_safely(two_classes, embedded_server):
             with contextlib.suppress(GanpoolError):
                 remove_student(store, "alice")
             store.close()
+
+
+def test_a_database_at_0005_with_students_upgrades_in_place(empty_db, embedded_server):
+    """An existing class: schema 0005 in public, a student made the old way (a member of the
+    cluster-wide ganpool_worker). After `migrate`, everything is in ganpool, the student is
+    in the class's own group with its limits, and the old group holds nothing here."""
+    from ganpool.store.queries import migrations, named_queries
+
+    conn = connect(empty_db)
+    key = f"u{uuid.uuid4().hex[:11]}"
+    role = f"ganpool_s_old_{uuid.uuid4().hex[:8]}"
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SET LOCAL search_path = public")
+            cur.execute(named_queries()["lock_migrations"])
+            for number, name, sql in migrations()[:5]:
+                if number == 1:
+                    cur.execute(
+                        "CREATE TABLE schema_migrations (version integer PRIMARY KEY, "
+                        "name text NOT NULL, applied_at timestamptz DEFAULT now())"
+                    )
+                cur.execute(sql)
+                cur.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (number, name)
+                )
+            cur.execute("INSERT INTO students (name, role_name) VALUES ('old', %s)", (role,))
+            cur.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw' IN ROLE ganpool_worker")
+        assert migrate(conn, class_key=key) == ["0006_class_schema"]
+        roles = Store(conn).one("class_roles")
+        member = conn.execute(
+            "SELECT pg_has_role(%s, %s, 'MEMBER') AS new, pg_has_role(%s, 'ganpool_worker', "
+            "'MEMBER') AS old, (SELECT rolconnlimit FROM pg_roles WHERE rolname = %s) AS lim",
+            (role, roles["worker"], role, role),
+        ).fetchone()
+        assert member == {"new": True, "old": False, "lim": 10}
+        held = conn.execute(
+            "SELECT count(*) AS n FROM information_schema.role_table_grants "
+            "WHERE grantee IN ('ganpool_worker', 'ganpool_viewer', 'ganpool_instructor')"
+        ).fetchone()["n"]
+        assert held == 0
+        assert conn.execute("SELECT count(*) AS n FROM ganpool.runs").fetchone()["n"] == 0
+        run = make_run(empty_db)
+        info = psycopg.conninfo.conninfo_to_dict(empty_db)
+        info.update(host="127.0.0.1", port=str(embedded_server.port), user=role, password="pw")
+        old = Store(connect(psycopg.conninfo.make_conninfo(**info)))
+        assert old.one("whoami")["name"] == "old"
+        old.one("register_worker", run_id=run.id, name="x", hostname="h", device="c")
+        old.close()
+    finally:
+        conn.close()
+        with psycopg.connect(embedded_server.url(), autocommit=True) as admin:
+            dbname = psycopg.conninfo.conninfo_to_dict(empty_db)["dbname"]
+            admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
+        drop_class_roles(embedded_server.url(), key)
