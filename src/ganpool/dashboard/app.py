@@ -276,8 +276,10 @@ def create_app(
         try:
             with pools["control"].connection() as conn, conn.transaction():
                 conn.execute(queries["disable_student"], {"name": name})
+                # ... and their open sessions end (as `ganpool student disable` does).
+                ended = conn.execute(queries["end_student_sessions"], {"name": name}).fetchone()
         except psycopg.errors.NoDataFound:
             raise HTTPException(404, f"no student named {name!r}") from None
-        return Done(ok=True, message=f"student {name} disabled")
+        return Done(ok=True, message=f"student {name} disabled ({ended['ended']} sessions ended)")
 
     return app
