@@ -78,13 +78,12 @@ class LiveClass:
         return (self.version() - v0) / seconds
 
     def close(self) -> None:
+        self.student.close()  # first: what it holds may be what the class waits on
         self.admin.execute("set_run_status", run_id=self.run.id, status="stopped")
         self.admin.execute("notify_run_status", run_id=self.run.id)
         self.stop.set()
         for t in self.threads:
             t.join(30)
-        if not self.student.conn.closed:
-            self.student.close()
         self.admin.close()
 
 
