@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 
+import psycopg
+
 from ganpool.store import Store, connect
 from ganpool.store.reconnect import CONNECTION_ERRORS
 
@@ -38,20 +40,28 @@ class StalledSessionSweeper(threading.Thread):
 
     def run(self) -> None:
         store = None
-        while not self._stop.wait(self.every_s):
-            try:
-                store = store or Store(connect(self.dsn))
-                n = store.one("end_stalled_sessions", idle_s=self.idle_s, active_s=self.active_s)
-                if n["ended"]:
-                    self.ended += n["ended"]
-                    log.warning("ended %d stalled student session(s)", n["ended"])
-            except CONNECTION_ERRORS as e:  # the database is away: try again next time
-                log.debug("sweeper: %s", e)
-                if store is not None:
-                    store.close()
-                store = None
-        if store is not None:
-            store.close()
+        try:
+            while not self._stop.wait(self.every_s):
+                try:
+                    store = store or Store(connect(self.dsn))
+                    n = store.one(
+                        "end_stalled_sessions", idle_s=self.idle_s, active_s=self.active_s
+                    )["ended"]
+                except CONNECTION_ERRORS as e:  # the database is away: try again next time
+                    log.debug("sweeper: %s", e)
+                    if store is not None:
+                        store.close()
+                    store = None
+                    continue
+                except psycopg.Error as e:  # e.g. a login that is not the class's instructor
+                    log.warning("cannot end stalled student sessions: %s", e)
+                    return
+                if n:
+                    self.ended += n
+                    log.warning("ended %d stalled student session(s)", n)
+        finally:
+            if store is not None:
+                store.close()
 
     def stop(self) -> None:
         self._stop.set()
