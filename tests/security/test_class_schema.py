@@ -153,6 +153,14 @@ def test_students_get_timeouts_keepalives_and_a_connection_limit(student):
     assert eve.conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == {
         "idle_in_transaction_session_timeout": "30s"
     }
+    # PostgreSQL 16+: the instructors may use the connections reserved_connections keeps.
+    with connect(student["dsn"]) as conn:
+        if conn.info.server_version >= 160000:
+            group = Store(conn).one("class_roles")["instructor"]
+            reserved = conn.execute(
+                "SELECT pg_has_role(%s, 'pg_use_reserved_connections', 'MEMBER') AS ok", (group,)
+            ).fetchone()["ok"]
+            assert reserved
     # The limit holds: the eleventh connection is refused, and the instructor still gets in.
     extra = [connect(student["join"]) for _ in range(9)]
     try:

@@ -261,3 +261,37 @@ def test_an_oversized_upload_is_refused_chunk_by_chunk(db, embedded_server):
     finally:
         s.close()
         coordinator.close()
+
+
+def test_a_listener_left_idle_in_a_transaction_is_ended(db, embedded_server):
+    """A session that LISTENs and then sits in an open transaction pins PostgreSQL's
+    notification queue (until every NOTIFY, hence every submission, fails). The sweeper
+    ends it; a session merely idle (a worker's listener) is left alone."""
+    with connect(db) as conn:
+        migrate(conn)
+    admin = Store(connect(db))
+    name = f"lena-{uuid.uuid4().hex[:8]}"
+    port = embedded_server.port if "5432" not in db else 5432
+    join = add_student(admin, name, host="127.0.0.1", port=port)
+    pinning, idle = Store(connect(join)), Store(connect(join))
+    sweep = sweeper.StalledSessionSweeper(db)
+    try:
+        for s in (pinning, idle):
+            s.execute("listen_results")
+        pinning.conn.execute("SET idle_in_transaction_session_timeout = 0")
+        pinning.conn.execute("BEGIN")
+        pinning.conn.execute("SELECT 1")
+        sweep.start()
+        alive = "SELECT count(*) AS n FROM pg_stat_activity WHERE pid = %s"
+        deadline = time.monotonic() + 30
+        while admin.conn.execute(alive, (pinning.conn.info.backend_pid,)).fetchone()["n"]:
+            assert time.monotonic() < deadline, "the pinning session was not ended"
+            time.sleep(0.2)
+        assert sweep.ended == 1
+        assert idle.conn.execute("SELECT 1 AS one").fetchone()["one"] == 1
+    finally:
+        sweep.stop()
+        sweep.join(10)
+        pinning.close(), idle.close()
+        remove_student(admin, name)
+        admin.close()

@@ -242,6 +242,7 @@ class Coordinator:
                         listener.close()
         finally:
             sweeper.stop()
+            sweeper.join(5)
             self.close()
 
     def _measure_quality(self) -> None:

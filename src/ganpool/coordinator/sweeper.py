@@ -36,12 +36,12 @@ class StalledSessionSweeper(threading.Thread):
             ONE_STATEMENT_S,
         )
         self.ended = 0  # sessions ended so far
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         store = None
         try:
-            while not self._stop.wait(self.every_s):
+            while not self._halt.wait(self.every_s):
                 try:
                     store = store or Store(connect(self.dsn))
                     n = store.one(
@@ -64,4 +64,4 @@ class StalledSessionSweeper(threading.Thread):
                 store.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()

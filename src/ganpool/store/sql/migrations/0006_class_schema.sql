@@ -16,8 +16,8 @@
 -- * payloads are stored as bounded chunks, each checked as it arrives;
 -- * coordinator and migration ownership rest on a table no student can lock.
 --
--- migrate() runs this with search_path = pg_catalog, ganpool: `public.` is written out
--- wherever the old objects are meant.
+-- migrate() runs this (and every later migration) with search_path = ganpool: `public.` is
+-- written out wherever the old objects are meant. Names keep their ganpool_ prefix.
 
 -- The class's roles. Role names are cluster-wide, so each database gets its own set; a
 -- copy of the database (CREATE DATABASE ... TEMPLATE) is the same class and shares them.
@@ -616,7 +616,12 @@ BEGIN
         EXECUTE format('GRANT %I TO %I', v_role, c.owner);
         PERFORM ganpool_apply_student_limits(v_role);
         IF pg_has_role(v_role, 'ganpool_worker', 'MEMBER') THEN
-            EXECUTE format('REVOKE ganpool_worker FROM %I', v_role);
+            BEGIN
+                EXECUTE format('REVOKE ganpool_worker FROM %I', v_role);
+            EXCEPTION WHEN insufficient_privilege THEN
+                -- Harmless if it stays: the old group holds nothing in this database.
+                RAISE WARNING 'could not revoke ganpool_worker from %: %', v_role, SQLERRM;
+            END;
         END IF;
     END LOOP;
 END;
