@@ -26,15 +26,25 @@ def _with_db(url: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(**info)
 
 
+def drop_class_roles(admin_url: str, class_key: str) -> None:
+    """Roles are cluster-wide: drop a test class's group roles once its databases are gone
+    (the system server outlives the tests)."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for group in ("instructor", "worker", "viewer", "owner"):
+            conn.execute(f'DROP ROLE IF EXISTS "ganpool_{class_key}_{group}"')
+
+
 class Server:
     def __init__(self, admin_url: str):
         self.admin_url = admin_url
         self.template = f"ganpool_tmpl_{os.getpid()}"
+        # Every test database is a copy of the template: one class, with roles of its own.
+        self.class_key = f"t{uuid.uuid4().hex[:11]}"
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.template}"')
             conn.execute(f'CREATE DATABASE "{self.template}"')
         with connect(_with_db(admin_url, self.template)) as conn:
-            migrate(conn)
+            migrate(conn, class_key=self.class_key)
 
     def fresh_database(self) -> tuple[str, str]:
         name = f"ganpool_test_{uuid.uuid4().hex[:12]}"
@@ -48,6 +58,7 @@ class Server:
 
     def close(self) -> None:
         self.drop(self.template)
+        drop_class_roles(self.admin_url, self.class_key)
 
 
 def _free_port() -> int:

@@ -56,13 +56,18 @@ def _store(args):
 
 
 def cmd_db_migrate(args) -> int:
-    from ganpool.store import connect, migrate
+    from ganpool.store import Store, connect, migrate
     from ganpool.store.connection import resolve_dsn
 
     conn = connect(resolve_dsn(args.db))
-    applied = migrate(conn)
+    applied = migrate(conn, class_key=args.class_key)
+    roles = Store(conn).one("class_roles")
     conn.close()
     print("applied " + ", ".join(applied) if applied else "schema is up to date")
+    print(
+        f"class {roles['key']!r}: instructors {roles['instructor']}, students "
+        f"{roles['worker']}, dashboards {roles['viewer']} (for pg_hba.conf: +role)"
+    )
     return 0
 
 
@@ -210,8 +215,10 @@ def cmd_student(args) -> int:
             "enable": students.enable_student,
             "remove": students.remove_student,
         }[args.student_command]
-        action(store, args.name)
+        ended = action(store, args.name)
         print(f"student {args.name!r}: {args.student_command}d")
+        if args.student_command == "disable":
+            print(f"  {ended} open session(s) ended")
     return 0
 
 
@@ -445,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m = db.add_parser("migrate", help="create or upgrade the schema (idempotent)")
     db_arg(m)
+    m.add_argument(
+        "--class",
+        dest="class_key",
+        help="short name of this class's roles, ganpool_<class>_worker ... (first migration "
+        "only; default: from the database's name)",
+    )
     m.set_defaults(func=cmd_db_migrate)
 
     run = sub.add_parser("run", help="create and control runs").add_subparsers(

@@ -23,3 +23,7 @@ class DatabaseUnavailable(GanpoolError):
 
 class LoginRefused(GanpoolError):
     """The server refused this login (wrong password, disabled or removed): retrying won't help."""
+
+
+class OwnershipRefused(GanpoolError):
+    """Another live session owns what this one wanted to own (a run's coordinator)."""

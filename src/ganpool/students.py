@@ -1,4 +1,6 @@
-"""Student logins: one PostgreSQL role per student, a member of `ganpool_worker` only.
+"""Student logins: one PostgreSQL role per student, a member of the class's worker group
+(`ganpool_<class>_worker`) only, named `ganpool_<class>_s_<name>`: two classes on one server
+may both have an "alice".
 
 The password is generated here, hashed to a SCRAM verifier by libpq on this machine, and
 only the verifier reaches the server; the plaintext is shown once, inside the join string.
@@ -58,7 +60,7 @@ def add_student(
     sslrootcert: str | None = None,
 ) -> str:
     check_name(name)
-    role = "ganpool_s_" + name.replace("-", "_")
+    role = store.one("student_role", name=name)["role_name"]
     password = secrets.token_urlsafe(24)  # 192 bits
     verifier = store.conn.pgconn.encrypt_password(
         password.encode(), role.encode(), b"scram-sha-256"
@@ -93,11 +95,12 @@ def _student_call(store: Store, query: str, name: str) -> None:
         ) from None
 
 
-def disable_student(store: Store, name: str) -> None:
+def disable_student(store: Store, name: str) -> int:
     """Refused from the student's next call on (checked in every worker function); the login
-    is closed too, and their open sessions are ended where this login may do so."""
+    is closed too, and their open sessions are ended (by a definer function of the class's
+    owner role, so a non-superuser instructor can too). Returns the sessions ended."""
     _student_call(store, "disable_student", name)
-    store.execute("end_student_sessions", name=name)
+    return store.one("end_student_sessions", name=name)["ended"]
 
 
 def enable_student(store: Store, name: str) -> None:

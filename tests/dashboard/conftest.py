@@ -14,6 +14,7 @@ import uvicorn
 
 from ganpool.coordinator import Coordinator
 from ganpool.dashboard.app import create_app
+from ganpool.store import Store, connect
 from ganpool.worker import Worker
 from tests.helpers import Threads, make_run
 
@@ -34,8 +35,9 @@ def live(servers, embedded_server):
         admin, "live", unit_size=10, results_per_step=2, sample_every=3, max_steps=100000
     )
     viewer = f"viewer_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {viewer} LOGIN PASSWORD 'look' IN ROLE ganpool_viewer")
+    with connect(admin) as conn:
+        group = Store(conn).one("class_roles")["viewer"]
+        conn.execute(f"CREATE ROLE {viewer} LOGIN PASSWORD 'look' IN ROLE {group}")
     viewer_url = f"postgresql://{viewer}:look@127.0.0.1:{embedded_server.port}/{dbname}"
 
     threads = Threads()
@@ -63,7 +65,7 @@ def live(servers, embedded_server):
     finally:
         web.should_exit = True
         web_thread.join(10)
-        with psycopg.connect(admin, autocommit=True) as conn:
+        with connect(admin) as conn:
             conn.execute("UPDATE runs SET status = 'stopped' WHERE id = %s", (run.id,))
             conn.execute("SELECT pg_notify('ganpool_version', 'stop')")
         threads.join(60)

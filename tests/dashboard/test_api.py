@@ -8,6 +8,7 @@ import httpx
 import psycopg
 import pytest
 
+from ganpool.store import connect
 from tests.dashboard.conftest import PASSWORD
 
 pytestmark = pytest.mark.timeout(120)
@@ -46,13 +47,13 @@ def test_progress_leaderboard_metrics_samples_and_workers(live):
 
 
 def test_series_are_downsampled_for_long_runs(live):
-    with psycopg.connect(live["admin"], autocommit=True) as conn:
+    with connect(live["admin"]) as conn:
         run_id = conn.execute(
             "INSERT INTO runs (name, config, dataset_fingerprint, dataset_size) "
             "SELECT 'long', config, dataset_fingerprint, dataset_size FROM runs "
             "WHERE name = 'live' "
             "RETURNING id"
-        ).fetchone()[0]
+        ).fetchone()["id"]
         conn.execute(
             "INSERT INTO step_metrics (run_id, step, g_loss, d_loss, d_real, d_fake, workers, "
             "units, images, epoch) SELECT %s, s, 1, 1, 0.5, 0.5, 100, 8, 512, s / 100.0 "
@@ -98,12 +99,12 @@ def test_controls_need_the_instructor(live):
 
 def test_the_viewer_login_really_is_read_only(live):
     with (
-        psycopg.connect(live["viewer_url"]) as conn,
+        connect(live["viewer_url"]) as conn,
         pytest.raises(psycopg.errors.InsufficientPrivilege),
     ):
         conn.execute("UPDATE runs SET status = 'stopped'")
     with (
-        psycopg.connect(live["viewer_url"]) as conn,
+        connect(live["viewer_url"]) as conn,
         pytest.raises(psycopg.errors.InsufficientPrivilege),
     ):
         conn.execute("SELECT payload FROM result_payloads")

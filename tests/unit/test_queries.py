@@ -38,3 +38,18 @@ def test_no_sql_outside_the_store():
             if pattern.search(line):
                 offenders.append(f"{path.name}: {line.strip()}")
     assert not offenders, offenders
+
+
+def test_functions_of_migrations_from_0006_search_only_pg_catalog_ganpool_pg_temp():
+    """From 0006 on, everything lives in the schema `ganpool`: a function that searches
+    `public` would miss its tables, and a definer one would run a student's look-alikes.
+    (tests/security/test_class_schema.py checks the same on a migrated database.)"""
+    clause = re.compile(r"SET\s+search_path\s*=\s*([^$\n]*?)\s+AS\s+\$", re.I)
+    wrong = [
+        f"{number:04d}_{name}: {m.group(1)}"
+        for number, name, sql in migrations()
+        if number >= 6
+        for m in clause.finditer(sql)
+        if m.group(1).strip() != "pg_catalog, ganpool, pg_temp"
+    ]
+    assert not wrong, wrong

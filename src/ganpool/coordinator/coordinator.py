@@ -2,7 +2,8 @@
 
 Protocol (see docs/protocol.md). Rows each party writes, and in which transaction:
 
-* Start: take a session advisory lock on the run (one coordinator per run). If no version
+* Start: take ownership of the run (one coordinator per run): a row of the instructor-only
+  `owners` table names this session, which no student can lock or forge. If no version
   exists, publish version 0 (seeded init) and issue its units, in one transaction.
   Otherwise reload the newest weights and Adam state from the database and carry on.
 * Workers (see ganpool.worker) claim a unit (`FOR UPDATE SKIP LOCKED`, lease on the
@@ -46,8 +47,9 @@ import torch
 
 from ganpool.aggregation.robust import aggregate
 from ganpool.coordinator.screening import Arrived, Screening
+from ganpool.coordinator.sweeper import StalledSessionSweeper
 from ganpool.data.datasets import check_fingerprint, open_dataset
-from ganpool.errors import GanpoolError, PayloadError
+from ganpool.errors import GanpoolError, OwnershipRefused, PayloadError
 from ganpool.evaluation.grid import sample_grid
 from ganpool.protocol.schedule import EpochState, plan_units, sample_seed, spot_check_chosen
 from ganpool.runs import Run
@@ -58,7 +60,6 @@ from ganpool.training.state import TrainingState, WeightedMean
 
 log = logging.getLogger(__name__)
 
-_LOCK_CLASS = 0x67616E70  # "ganp": advisory lock namespace for coordinator ownership
 MIN_NORM_COHORT = 8  # the norm check needs at least this many norms to judge by
 VACUUM_EVERY = 10  # steps between vacuums of the blob tables
 PHASES = ("both", "D", "G")
@@ -115,21 +116,26 @@ class Coordinator:
         self._summed: set[int] = set()
         # (time.time(), event, version): woke / collected / published, for the benchmark.
         self.timeline: deque[tuple[float, str, int]] = deque(maxlen=100_000)
+        self._owner_pid: int | None = None  # the session that holds ownership of the run
         self._acquire_ownership()
 
     # -- start and resume ------------------------------------------------------------
 
     def _acquire_ownership(self) -> None:
-        with self.store.conn.cursor() as cur:
-            cur.execute(
-                self.store._sql("try_coordinator_lock"), {"cls": _LOCK_CLASS, "run_id": self.run.id}
+        """Become the run's only coordinator, or refuse. A session of ours from before a
+        network cut that the server still keeps is ended and replaced."""
+        with self.store.tx():
+            got = self.store.one(
+                "take_ownership", what=f"coordinator:{self.run.id}", previous_pid=self._owner_pid
             )
-            if not cur.fetchone()["locked"]:
-                self.store.close()
-                raise GanpoolError(
-                    f"another coordinator is already running run {self.run.name!r}; "
-                    "stop it first (only one coordinator per run)"
-                )
+        if not got["taken"]:
+            self.store.close()
+            log.info("run %s is owned by server process %s", self.run.name, got["holder_pid"])
+            raise OwnershipRefused(
+                f"another coordinator is already running run {self.run.name!r}; "
+                "stop it first (only one coordinator per run)"
+            )
+        self._owner_pid = got["holder_pid"]
 
     def start(self) -> None:
         """Publish version 0, or reload the newest version and Adam state to resume."""
@@ -202,12 +208,17 @@ class Coordinator:
         A lost database is retried with backoff; on reconnecting, ownership is re-taken and
         the state reloaded from the newest committed version."""
         backoff = Backoff()
+        sweeper = StalledSessionSweeper(self.dsn)
+        sweeper.start()
         try:
             self.start()
             while True:
                 listener = None
                 try:
                     if self.store.conn.closed:
+                        # After a restart of the database, or a network cut: ownership is
+                        # taken again (retried, with backoff, while a session of ours from
+                        # before the cut lingers on the server).
                         self.store = Store(connect(self.dsn))
                         self._acquire_ownership()
                         self._reload()
@@ -223,13 +234,15 @@ class Coordinator:
                         for _ in listener.notifies(timeout=self.poll_s, stop_after=1):
                             pass
                     return
-                except CONNECTION_ERRORS as e:
+                except (*CONNECTION_ERRORS, OwnershipRefused) as e:
                     self.store.close()
                     backoff.wait(e)
                 finally:
                     if listener is not None:
                         listener.close()
         finally:
+            sweeper.stop()
+            sweeper.join(5)
             self.close()
 
     def _measure_quality(self) -> None:

@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 
 from ganpool.dashboard.wheel import add_wheel_routes
 from ganpool.settings import RunConfig
+from ganpool.store.connection import session_conninfo
 from ganpool.store.queries import named_queries
 
 RunName = Annotated[str, Path(min_length=1, max_length=200)]
@@ -115,10 +116,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         kw = {"autocommit": True, "row_factory": dict_row}
-        pools["read"] = ConnectionPool(db, min_size=1, max_size=4, kwargs=kw, open=True)
+        pools["read"] = ConnectionPool(
+            session_conninfo(db), min_size=1, max_size=4, kwargs=kw, open=True
+        )
         if instructor_password:
             pools["control"] = ConnectionPool(
-                control_db or db, min_size=0, max_size=1, kwargs=kw, open=True
+                session_conninfo(control_db or db), min_size=0, max_size=1, kwargs=kw, open=True
             )
         yield
         for pool in pools.values():
@@ -277,9 +280,11 @@ def create_app(
         try:
             with pools["control"].connection() as conn, conn.transaction():
                 conn.execute(queries["disable_student"], {"name": name})
+                # ... and their open sessions end (as `ganpool student disable` does).
+                ended = conn.execute(queries["end_student_sessions"], {"name": name}).fetchone()
         except psycopg.errors.NoDataFound:
             raise HTTPException(404, f"no student named {name!r}") from None
-        return Done(ok=True, message=f"student {name} disabled")
+        return Done(ok=True, message=f"student {name} disabled ({ended['ended']} sessions ended)")
 
     if wheel is not None:  # what students install (ganpool.dashboard.wheel)
         add_wheel_routes(app, pathlib.Path(wheel))

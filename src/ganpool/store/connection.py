@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import psycopg
@@ -27,10 +28,24 @@ def describe_target(dsn: str) -> str:
     return f"{info.get('dbname') or os.environ.get('PGDATABASE') or 'default'} on {host}"
 
 
+# Every session the program opens finds ganpool's objects in their schema, and only there
+# (pg_catalog is searched first anyway; `public` not at all).
+SEARCH_PATH_OPTION = "-c search_path=ganpool"
+
+
+def session_conninfo(dsn: str) -> str:
+    """`dsn` with the session's search_path added to its options (kept: the caller's own
+    options, from the DSN or PGOPTIONS). For psycopg_pool and anyone who connects himself."""
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    options = info.get("options") or os.environ.get("PGOPTIONS", "")
+    info["options"] = f"{options} {SEARCH_PATH_OPTION}".strip()
+    return psycopg.conninfo.make_conninfo(**info)
+
+
 def connect(dsn: str, *, autocommit: bool = True, timeout: float = 10) -> psycopg.Connection:
     try:
         return psycopg.connect(
-            dsn,
+            session_conninfo(dsn),
             autocommit=autocommit,
             row_factory=dict_row,
             connect_timeout=int(timeout),
@@ -100,21 +115,26 @@ class Store:
             cur.execute(self._sql(query), params)
             return cur.fetchone()
 
-    def copy_in(self, query: str, /, types: list[str], row: tuple) -> None:
-        """Send one row through a binary COPY (streams a blob faster than a parameter)."""
+    def copy_in(
+        self, query: str, /, types: list[str], row: tuple | None = None, rows: Iterable = ()
+    ) -> None:
+        """Send a row, or rows, through a binary COPY (streams a blob faster than a
+        parameter)."""
         with self.conn.cursor() as cur, cur.copy(self._sql(query)) as copy:
             copy.set_types(types)
-            copy.write_row(row)
+            for r in [row] if row is not None else rows:
+                copy.write_row(r)
 
     def copy_out_blob(self, query: str, /, **params: Any) -> bytes | None:
-        """The one bytea value a `COPY (SELECT ...) TO STDOUT (FORMAT BINARY)` yields, or None.
+        """The bytea values a `COPY (SELECT ...) TO STDOUT (FORMAT BINARY)` yields, joined in
+        order (a payload comes in chunks), or None when there are none.
         (COPY takes no server-side parameters: psycopg binds these client-side.)"""
         with self.conn.cursor() as cur, cur.copy(self._sql(query), params) as copy:
             copy.set_types(["bytea"])
-            row = copy.read_row()
-            while copy.read_row() is not None:  # drain: there is at most one
-                pass
-        return None if row is None else row[0]
+            parts = [row[0] for row in copy.rows()]
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def execute_binary(self, query: str, /, **params: Any) -> dict[str, Any] | None:
         """Execute with parameters sent in binary: a blob goes over as raw bytes."""

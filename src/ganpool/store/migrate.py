@@ -1,4 +1,12 @@
-"""`ganpool db migrate`: apply the numbered migrations once each, under an advisory lock."""
+"""`ganpool db migrate`: apply the numbered migrations once each, under a lock no student
+can take.
+
+From migration 0006 on, every ganpool object lives in the schema `ganpool`, owned by the
+class's owner role. Each later migration runs with `search_path = ganpool`, so that its
+unqualified names resolve there and its new objects land there; after it, every object in
+the schema is handed to the owner role and closed to PUBLIC (`adopt_objects`). Migrations
+0001-0005 ran in `public`, and 0006 moves what they made.
+"""
 
 from __future__ import annotations
 
@@ -13,24 +21,35 @@ log = logging.getLogger(__name__)
 
 # Newest migration this program knows; a database ahead of or behind it is refused.
 SCHEMA_VERSION = max(n for n, _, _ in migrations())
+OWN_SCHEMA = 6  # the migration that created the ganpool schema and moved everything there
 
 
 def applied_versions(conn: psycopg.Connection) -> list[int]:
     q = named_queries()
     with conn.cursor() as cur:
         cur.execute(q["schema_present"])
-        if not cur.fetchone()["present"]:
+        where = cur.fetchone()
+        if where["in_ganpool"]:
+            cur.execute(q["applied_migrations"])
+        elif where["in_public"]:
+            cur.execute(q["applied_migrations_in_public"])
+        else:
             return []
-        cur.execute(q["applied_migrations"])
         return [r["version"] for r in cur.fetchall()]
 
 
-def migrate(conn: psycopg.Connection) -> list[str]:
-    """Apply what is missing; returns the names applied (empty when up to date)."""
+def migrate(conn: psycopg.Connection, class_key: str | None = None) -> list[str]:
+    """Apply what is missing; returns the names applied (empty when up to date).
+    `class_key` names the class's roles (ganpool_<key>_worker, ...) when 0006 creates them;
+    by default it is derived from the database's name."""
     done: list[str] = []
     q = named_queries()
     with conn.transaction(), conn.cursor() as cur:
+        # The ledger resolves in ganpool, or in public before 0006.
+        cur.execute(q["set_search_path"], {"path": "ganpool, public"})
         cur.execute(q["lock_migrations"])
+        if class_key:
+            cur.execute(q["set_class_key"], {"key": class_key})
         cur.execute(sql_file("bootstrap.sql"))
         have = set(applied_versions(conn))
         if have and max(have) > SCHEMA_VERSION:
@@ -42,9 +61,15 @@ def migrate(conn: psycopg.Connection) -> list[str]:
             if number in have:
                 continue
             log.info("applying migration %04d_%s", number, name)
+            own = number >= OWN_SCHEMA
+            cur.execute(q["set_search_path"], {"path": "ganpool" if own else "public"})
             cur.execute(sql)
+            if own:
+                cur.execute(q["adopt_objects"])
+            cur.execute(q["set_search_path"], {"path": "ganpool, public"})
             cur.execute(q["record_migration"], {"version": number, "name": name})
             done.append(f"{number:04d}_{name}")
+        cur.execute(q["secure_database"])
     return done
 
 

@@ -7,6 +7,10 @@ from ganpool.store.connection import Store
 # Payloads from this size up stream in by COPY (25 MB: ~100 ms here, against ~170 ms as a
 # bound parameter); smaller ones go in one call, as a parameter (fewer round trips).
 COPY_FROM_BYTES = 1 << 20
+# A payload is stored as rows of at most this many bytes (the database's
+# ganpool_payload_chunk_bytes()): its trigger checks each one, and the running total, as it
+# arrives, so an oversized upload is refused without the server buffering all of it.
+PAYLOAD_CHUNK_BYTES = 1 << 20
 
 
 def submission(
@@ -42,7 +46,11 @@ def upload_result(store: Store, fields: dict, payload: memoryview | bytes) -> di
     with store.tx():
         verdict = store.one("submit_begin", **fields)
         if verdict["result_id"] is not None:
-            store.copy_in(
-                "copy_payload", types=["int8", "bytea"], row=(verdict["result_id"], payload)
+            view = memoryview(payload)
+            rid = verdict["result_id"]
+            chunks = (
+                (rid, view[i : i + PAYLOAD_CHUNK_BYTES])
+                for i in range(0, len(view), PAYLOAD_CHUNK_BYTES)
             )
+            store.copy_in("copy_payload", ["int8", "bytea"], rows=chunks)
     return verdict

@@ -163,8 +163,9 @@ INSERT INTO rejections (run_id, worker_id, unit_id, version, reason)
 SELECT %(run_id)s, r.worker_id, r.unit_id, r.version, %(reason)s FROM r;
 
 -- copy_result_payload --
--- One result's payload, streamed out by COPY (faster than a binary SELECT for 25 MB).
-COPY (SELECT payload FROM result_payloads WHERE result_id = %(result_id)s)
+-- One result's payload, streamed out by COPY in its chunks, in order (faster than a binary
+-- SELECT for 25 MB).
+COPY (SELECT payload FROM result_payloads WHERE result_id = %(result_id)s ORDER BY chunk)
 TO STDOUT (FORMAT BINARY);
 
 -- arrived_results --
@@ -303,7 +304,8 @@ FROM ganpool_submit_begin(%(worker_id)s, %(unit_id)s, %(attempt)s, %(g_loss)s, %
                           %(d_real)s, %(d_fake)s, %(compute_seconds)s);
 
 -- copy_payload --
--- A result's payload by COPY (binary rows: result_id, payload).
+-- A result's payload by COPY, in chunks of at most ganpool_payload_chunk_bytes() (binary
+-- rows: result_id, chunk; the trigger numbers the chunks in arrival order).
 COPY result_payloads (result_id, payload) FROM STDIN (FORMAT BINARY);
 
 -- release_unit --
@@ -354,24 +356,126 @@ SELECT step, g_loss, d_loss, d_real, d_fake, workers, images, epoch FROM (
 ) AS m ORDER BY step;
 
 -- lock_migrations --
--- One migrator at a time (released at commit).
-SELECT pg_advisory_xact_lock(1785622639);
+-- One migrator at a time (released at commit), by a lock no student can take or block:
+-- a table on which students have no privilege at all. (A database with no ganpool schema
+-- yet has no student logins: an advisory lock does there.)
+DO $$
+BEGIN
+    IF to_regclass('ganpool.migration_lock') IS NOT NULL THEN
+        LOCK TABLE ganpool.migration_lock IN EXCLUSIVE MODE;
+    ELSIF to_regclass('public.coordinator_state') IS NOT NULL THEN  -- before 0006
+        LOCK TABLE public.coordinator_state IN EXCLUSIVE MODE;
+    ELSE
+        PERFORM pg_advisory_xact_lock(1785622639);
+    END IF;
+END;
+$$;
+
+-- set_search_path --
+-- Where this transaction's unqualified names resolve and new objects land (migrations).
+SELECT set_config('search_path', %(path)s, true);
+
+-- set_class_key --
+-- The class name the first migration gives this database's roles (`db migrate --class`).
+SELECT set_config('ganpool.class_key', %(key)s, true);
+
+-- adopt_objects --
+-- After a migration: every object in the ganpool schema belongs to the class's owner role
+-- (definer functions run as it, never as the migrating superuser), and no function or
+-- table is open to PUBLIC.
+DO $$
+DECLARE
+    v_owner name := (SELECT owner FROM ganpool.class_roles);
+    v_owner_oid oid := (SELECT oid FROM pg_roles WHERE rolname = v_owner);
+    v_obj text;
+BEGIN
+    FOR v_obj IN
+        SELECT c.oid::regclass::text FROM pg_class AS c
+        WHERE c.relnamespace = 'ganpool'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+          AND c.relowner <> v_owner_oid
+    LOOP
+        EXECUTE format('ALTER TABLE %s OWNER TO %I', v_obj, v_owner);
+    END LOOP;
+    FOR v_obj IN
+        SELECT c.oid::regclass::text FROM pg_class AS c
+        WHERE c.relnamespace = 'ganpool'::regnamespace AND c.relkind = 'S'
+          AND c.relowner <> v_owner_oid
+          AND NOT EXISTS (SELECT 1 FROM pg_depend AS d
+                          WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                            AND d.deptype IN ('a', 'i'))
+    LOOP
+        EXECUTE format('ALTER SEQUENCE %s OWNER TO %I', v_obj, v_owner);
+    END LOOP;
+    FOR v_obj IN
+        SELECT p.oid::regprocedure::text FROM pg_proc AS p
+        WHERE p.pronamespace = 'ganpool'::regnamespace AND p.proowner <> v_owner_oid
+    LOOP
+        EXECUTE format('ALTER ROUTINE %s OWNER TO %I', v_obj, v_owner);
+    END LOOP;
+    FOR v_obj IN
+        SELECT t.oid::regtype::text FROM pg_type AS t
+        WHERE t.typnamespace = 'ganpool'::regnamespace AND t.typtype IN ('c', 'd', 'e', 'r')
+          AND t.typrelid = 0 AND t.typowner <> v_owner_oid
+    LOOP
+        EXECUTE format('ALTER TYPE %s OWNER TO %I', v_obj, v_owner);
+    END LOOP;
+    REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ganpool FROM PUBLIC;
+    REVOKE ALL ON ALL TABLES IN SCHEMA ganpool FROM PUBLIC;
+END;
+$$;
+
+-- secure_database --
+-- Only the class's groups may connect to its database; no one may create in `public`
+-- (PostgreSQL 14 and older let everyone) or make temporary objects. Run at every migrate,
+-- so a copy of the database (CREATE DATABASE ... TEMPLATE, which resets these) is fixed.
+DO $$
+DECLARE
+    c ganpool.class_roles%ROWTYPE;
+BEGIN
+    SELECT * INTO c FROM ganpool.class_roles;
+    EXECUTE format('REVOKE CONNECT, TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I, %I, %I', current_database(),
+                   c.instructor, c.worker, c.viewer);
+    BEGIN
+        REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+    EXCEPTION WHEN insufficient_privilege OR invalid_schema_name THEN
+        RAISE WARNING 'could not revoke CREATE on schema public from PUBLIC (%): ask the '
+                      'database superuser to', SQLERRM;
+    END;
+    -- PostgreSQL 16+: instructors may use the connections kept by reserved_connections.
+    IF current_setting('server_version_num')::integer >= 160000 THEN
+        BEGIN
+            EXECUTE format('GRANT pg_use_reserved_connections TO %I', c.instructor);
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE WARNING 'could not grant pg_use_reserved_connections to % (%)',
+                c.instructor, SQLERRM;
+        END;
+    END IF;
+END;
+$$;
 
 -- schema_present --
--- Whether the migrations ledger exists yet.
-SELECT to_regclass('schema_migrations') IS NOT NULL AS present;
+-- Where the migrations ledger is, if anywhere: in the ganpool schema, or in public (a
+-- database not yet at 0006).
+SELECT to_regclass('ganpool.schema_migrations') IS NOT NULL AS in_ganpool,
+       to_regclass('public.schema_migrations') IS NOT NULL AS in_public;
 
 -- applied_migrations --
--- Migrations already applied, in order.
-SELECT version FROM schema_migrations ORDER BY version;
+-- Migrations already applied, in order (wherever the ledger is: see schema_present).
+SELECT version FROM ganpool.schema_migrations ORDER BY version;
+
+-- applied_migrations_in_public --
+-- The same, for a database whose objects are still in public.
+SELECT version FROM public.schema_migrations ORDER BY version;
 
 -- record_migration --
 -- Note a migration as applied.
 INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s);
 
--- try_coordinator_lock --
--- Become the run's only coordinator for the life of this session, or learn someone else is.
-SELECT pg_try_advisory_lock(%(cls)s, %(run_id)s::integer) AS locked;
+-- take_ownership --
+-- Become the only coordinator of a run (what = 'coordinator:<run id>'), unless a live
+-- session already is; previous_pid is this program's own earlier session, if any.
+SELECT taken, holder_pid FROM ganpool_take_ownership(%(what)s, %(previous_pid)s);
 
 -- listen_results --
 -- The coordinator wakes when a result is submitted.
@@ -465,12 +569,22 @@ SELECT ganpool_student_enable(%(name)s) AS role_name;
 SELECT ganpool_student_remove(%(name)s) AS role_name;
 
 -- end_student_sessions --
--- End a student's open connections, where this login has the right to.
-SELECT count(*) FILTER (WHERE pg_terminate_backend(a.pid)) AS ended
-FROM pg_stat_activity AS a JOIN students AS s ON s.role_name = a.usename
-WHERE s.name = %(name)s
-  AND (pg_has_role(current_user, 'pg_signal_backend', 'MEMBER')
-       OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user));
+-- End a student's open connections and wait for them to go (a definer function: works
+-- for a non-superuser instructor too).
+SELECT ganpool_end_student_sessions(%(name)s) AS ended;
+
+-- end_stalled_sessions --
+-- End student sessions idle in a transaction, or in one statement, for too long (whatever
+-- timeouts the student SET in their own session).
+SELECT ganpool_end_stalled_sessions(%(idle_s)s, %(active_s)s) AS ended;
+
+-- student_role --
+-- The login role a student of this class gets.
+SELECT ganpool_student_role(%(name)s) AS role_name;
+
+-- class_roles --
+-- This database's class name and group roles.
+SELECT key, owner, instructor, worker, viewer FROM class_roles;
 
 -- list_students --
 -- Students, whether they may work, their trust and when they were last seen.
