@@ -49,8 +49,9 @@ from ganpool.coordinator.screening import Arrived, Screening
 from ganpool.data.datasets import check_fingerprint, open_dataset
 from ganpool.errors import GanpoolError, PayloadError
 from ganpool.evaluation.grid import sample_grid
+from ganpool.notices import Notice
 from ganpool.protocol.schedule import EpochState, plan_units, sample_seed, spot_check_chosen
-from ganpool.runs import Run
+from ganpool.runs import COORDINATOR_LOCK_CLASS, Run
 from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.store import Store, connect
 from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff
@@ -58,7 +59,7 @@ from ganpool.training.state import TrainingState, WeightedMean
 
 log = logging.getLogger(__name__)
 
-_LOCK_CLASS = 0x67616E70  # "ganp": advisory lock namespace for coordinator ownership
+_LOCK_CLASS = COORDINATOR_LOCK_CLASS  # advisory lock namespace for coordinator ownership
 MIN_NORM_COHORT = 8  # the norm check needs at least this many norms to judge by
 VACUUM_EVERY = 10  # steps between vacuums of the blob tables
 PHASES = ("both", "D", "G")
@@ -115,6 +116,7 @@ class Coordinator:
         self._summed: set[int] = set()
         # (time.time(), event, version): woke / collected / published, for the benchmark.
         self.timeline: deque[tuple[float, str, int]] = deque(maxlen=100_000)
+        self.waiting = Notice(log)  # one line when a pause starts, one when it ends
         self._acquire_ownership()
 
     # -- start and resume ------------------------------------------------------------
@@ -307,7 +309,12 @@ class Coordinator:
         if run["status"] in ("finished", "stopped"):
             return True
         if run["status"] != "running":
+            self.waiting.set(
+                run["status"], f"the run is {run['status']}: waiting for `ganpool run resume`",
+                ended="the run is running again",
+            )  # fmt: skip
             return False
+        self.waiting.clear()
         expired = self.store.all("expire_leases", run_id=self.run.id)
         if expired:
             log.info("reissuing %d unit(s) whose lease expired", len(expired))
