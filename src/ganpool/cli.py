@@ -48,6 +48,7 @@ def _store(args):
 
     dsn = resolve_dsn(args.db)
     store = Store(connect(dsn))
+    args.stores.append(store)  # main() closes it, whatever happens
     check_schema(store.conn)
     return dsn, store
 
@@ -806,6 +807,7 @@ def _setup_logging(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.stores = []  # connections a command opened through _store()
     _setup_logging(args.verbose)
     # The one place errors become a line: whatever a command raises, the person reads one
     # line saying what went wrong and gets a non-zero status; -v shows the traceback.
@@ -817,3 +819,6 @@ def main(argv: list[str] | None = None) -> int:
         line, status = explain(e)
         print(f"ganpool: {line}", file=sys.stderr)
         return status
+    finally:
+        for store in args.stores:
+            store.close()

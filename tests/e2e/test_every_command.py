@@ -121,7 +121,7 @@ def test_every_command_on_runs_of_both_update_rules(trained, capsys, tmp_path, m
         assert "–" not in "".join(table)  # each step has its G and its D figures
         # metrics: one row per paper step, under both rules.
         run_cmd("metrics", "--db", db, "--run", rule, "--csv", tmp / "m.csv")
-        rows = list(csv.DictReader((tmp / "m.csv").open()))
+        rows = list(csv.DictReader((tmp / "m.csv").read_text().splitlines()))
         assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
         assert all(r["g_loss"] and r["d_loss"] for r in rows)
         run_cmd("metrics", "--db", db, "--run", rule, "--tensorboard", tmp / "tb")
