@@ -600,8 +600,10 @@ WITH steps AS (
            avg(d_fake) AS d_fake
     FROM step_metrics WHERE run_id = %(run_id)s
     GROUP BY 1 HAVING count(*) = %(per_step)s::int
-), bucket AS (
-    SELECT greatest(1, ceil(count(*)::float8 / %(max_points)s))::int AS width FROM steps
+), bucket AS MATERIALIZED (  -- computed once (not once per step, as a plan may choose)
+    SELECT greatest(1, ceil(count(*)::float8 / %(per_step)s::int / %(max_points)s))::int
+               AS width
+    FROM step_metrics WHERE run_id = %(run_id)s
 )
 SELECT max(step) AS step, avg(g_loss) AS g_loss, avg(d_loss) AS d_loss,
        avg(d_real) AS d_real, avg(d_fake) AS d_fake
