@@ -598,8 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="debug logs, and the traceback of an error",
     )  # fmt: skip
     common = {"formatter_class": _HelpFormatter, "parents": [verbose]}
-    p = _Parser(prog="ganpool", description=__doc__.split("\n")[0], **common)
-    p.set_defaults(verbose=False)
+    p = _Parser(prog="ganpool", description=__doc__.split("\n")[0], formatter_class=_HelpFormatter)
+    # Its own -v, not the parent's: parsers share a parent's actions, defaults included.
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logs, and tracebacks")
     p.add_argument("--version", action="version", version=f"ganpool {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -58,8 +58,8 @@ def write_tensorboard(rows: list[dict], folder: Path, run_name: str) -> Path:
             for tag, key in (
                 ("losses/G", "g_loss"),
                 ("losses/D", "d_loss"),
-                ("discriminator/D(x)", "d_real"),
-                ("discriminator/D(G(z))", "d_fake"),
+                ("discriminator/D_x", "d_real"),  # D(x): TensorBoard tags avoid brackets
+                ("discriminator/D_G_z", "d_fake"),  # D(G(z))
                 ("progress/epoch", "epoch"),
                 ("quality/KID", "kid"),
                 ("quality/FID", "fid"),
