@@ -171,10 +171,15 @@ def cmd_worker(args) -> int:
     store.close()
     name = student or args.name or f"{os.environ.get('USER', 'student')}@{socket.gethostname()}"
 
+    cfg = run.config
+    phase_label = {"both": "", "D": " (D phase)", "G": " (G phase)"}
+
     def on_unit(p) -> None:
+        # A unit of version v works on the step after the steps_of(v) already done.
+        step = cfg.steps_of(p.version) + 1
         line = (
-            f"[{name}] version {p.version} | units {p.units} | images {p.images} | "
-            f"{p.images_per_s:.1f} img/s"
+            f"[{name}] step {step}{phase_label[cfg.phase_of(p.version)]} | units {p.units} | "
+            f"images {p.images} | {p.images_per_s:.1f} img/s"
         )
         if p.place:
             line += f" | place {p.place} of {p.of_workers}"
