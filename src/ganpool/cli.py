@@ -148,6 +148,7 @@ def cmd_coordinator(args) -> int:
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     coordinator = Coordinator(dsn, run, out_dir=args.out, on_step=on_step, data_path=args.data)
+    recent.started = time.monotonic()  # the run (re)starts now, as the database's clock says
     coordinator.serve()
     print(f"run {run.name!r} ended at step {cfg.steps_of(coordinator.version)}")
     return 0

@@ -116,6 +116,9 @@ def test_every_command_on_runs_of_both_update_rules(trained, capsys, tmp_path, m
         status = run_cmd("status", "--db", db, "--run", rule)
         assert f"step {STEPS}/{STEPS}," in status and "img/s" in status
         assert "coordinator not running" in status
+        # An image counts once on the leaderboard too (a G phase reuses its D phase's).
+        board = {line.split()[0]: line.split()[1:] for line in status.splitlines()[3:6] if line}
+        assert board["w0"][0] == str(STEPS * 10 * 2), status  # steps x unit_size x N
         table = status.split("D(G(z))", 1)[1].strip().splitlines()
         assert [int(line.split()[0]) for line in table] == list(range(1, STEPS + 1))
         assert "–" not in "".join(table)  # each step has its G and its D figures

@@ -235,7 +235,7 @@ class Worker:
         for t in (heartbeat, fetcher, uploader):
             t.daemon = True
             t.start()
-        self.progress.started = time.monotonic()
+        self.progress.started = self.progress.recent.started = time.monotonic()
         try:
             self._compute_loop()
         finally:

@@ -335,14 +335,16 @@ SELECT r.name, r.status, r.current_version, r.images_applied, r.dataset_size,
 FROM runs AS r WHERE r.id = %(run_id)s;
 
 -- leaderboard --
--- Accepted images and units per worker name, and their rejections.
+-- Accepted images and units per worker name, and their rejections. An image counts once:
+-- a G-phase unit reuses its D phase's images (its unit counts, its images do not).
 SELECT w.name,
-       coalesce(sum(c.samples), 0) AS images,
+       coalesce(sum(c.samples) FILTER (WHERE u.phase <> 'G'), 0) AS images,
        count(c.unit_id) AS units,
        (SELECT count(*) FROM rejections AS j JOIN workers AS w2 ON w2.id = j.worker_id
         WHERE w2.run_id = %(run_id)s AND w2.name = w.name) AS rejected
 FROM workers AS w
 LEFT JOIN version_contributions AS c ON c.worker_id = w.id
+LEFT JOIN work_units AS u ON u.id = c.unit_id
 WHERE w.run_id = %(run_id)s
 GROUP BY w.name
 ORDER BY images DESC, w.name;
@@ -564,9 +566,11 @@ FROM runs AS r WHERE r.name = %(run)s;
 
 -- dashboard_leaderboard --
 -- Per student (worker name): accepted images and units, rejections, share of updates, online.
-WITH accepted AS (
-    SELECT w.name, sum(c.samples) AS images, count(*) AS units
+WITH accepted AS (  -- images count once (a G-phase unit reuses its D phase's)
+    SELECT w.name, coalesce(sum(c.samples) FILTER (WHERE u.phase <> 'G'), 0) AS images,
+           count(*) AS units
     FROM version_contributions AS c JOIN workers AS w ON w.id = c.worker_id
+    JOIN work_units AS u ON u.id = c.unit_id
     WHERE c.run_id = %(run_id)s GROUP BY w.name
 ), refused AS (
     SELECT w.name, count(*) AS rejected,
