@@ -213,11 +213,11 @@ def cmd_worker(args) -> int:
 def cmd_student(args) -> int:
     from ganpool import students
 
+    if args.student_command == "add" and bool(args.name) == bool(args.roster):
+        raise ConfigError("student add takes a NAME, or --roster FILE for a whole class")
     _, store = _store(args)
     if args.student_command == "add" and args.roster:
         return _add_roster(args, store)
-    if args.student_command == "add" and not args.name:
-        raise ConfigError("student add needs a NAME, or --roster FILE for a whole class")
     if args.student_command == "reissue":
         join = students.reissue_student(store, args.name, **_where(args))
         print(f"student {args.name!r} has a new join string (the old one no longer works):")
