@@ -67,6 +67,16 @@ def test_a_class_from_a_csv_roster_for_a_mail_merge(
         assert rows[0]["command"] == f"ganpool worker --join '{rows[0]['join']}'"
         with psycopg.connect(rows[1]["join"]) as conn:  # each join string is a working login
             assert conn.execute("SELECT ganpool_whoami()").fetchone()[0] == class_names[1]
+        for call in (  # ... and no more: the new login functions are the instructor's
+            "SELECT ganpool_student_reissue(%s, 'x')",
+            "SELECT ganpool_viewer_add(%s, 'x')",
+            "SELECT ganpool_viewer_remove(%s)",
+        ):
+            with (
+                psycopg.connect(rows[1]["join"]) as conn,
+                pytest.raises(psycopg.errors.InsufficientPrivilege),
+            ):
+                conn.execute(call, (class_names[0],))
         # The file is never overwritten, and a second roster with a known name adds nobody.
         status, _, err = _cli(
             capsys, "student", "add", "--roster", roster, "--out", out, "--db", embedded_db
