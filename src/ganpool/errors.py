@@ -27,3 +27,30 @@ class LoginRefused(GanpoolError):
 
 class OwnershipRefused(GanpoolError):
     """Another live session owns what this one wanted to own (a run's coordinator)."""
+
+
+def explain(error: BaseException) -> tuple[str, int]:
+    """The one line and the exit status the CLI gives for an error: what went wrong and, where
+    the person can act, what to do. Every command's errors pass through here."""
+    import psycopg  # here, not at import time: `ganpool --help` stays quick
+
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted", 130
+    if isinstance(error, GanpoolError):
+        return f"error: {first}", 2
+    if isinstance(error, psycopg.errors.InsufficientPrivilege):
+        return f"refused by the database: {first}", 2
+    if isinstance(error, psycopg.Error):
+        return f"database error: {first} (run with -v for details)", 3
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename else ""
+        return f"error: {where}{error.strerror}", 2
+    if isinstance(error, MemoryError):
+        return "error: out of memory (try a smaller --n, unit_size or model)", 2
+    return (
+        f"internal error: {type(error).__name__}: {first} (a bug in ganpool: run again with -v "
+        "for the traceback, and report it)",
+        1,
+    )

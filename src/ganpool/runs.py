@@ -64,3 +64,61 @@ def find_run(store: Store, name: str | None) -> Run:
     if row is None:
         raise GanpoolError(f"run {name!r} does not exist: check --run, or `ganpool status`")
     return Run.from_row(row)
+
+
+# What each instructor action does, and the states it applies to. A finished or stopped
+# run is over: nothing turns it back into a running one.
+CONTROLS = {
+    "pause": ("paused", ("created", "running")),
+    "resume": ("running", ("paused",)),
+    "stop": ("stopped", ("created", "running", "paused")),
+}
+
+
+def control_run(store: Store, run: Run, action: str) -> str:
+    """Pause, resume or stop a run (and wake its workers); returns the new status, or says
+    in one line why the run is not in a state the action applies to."""
+    status, allowed = CONTROLS[action]
+    with store.tx():
+        changed = store.one(
+            "change_run_status", run_id=run.id, status=status, allowed=list(allowed)
+        )
+        if changed:
+            store.execute("notify_run_status", run_id=run.id)
+    if changed:
+        return status
+    now = store.one("run_state", run_id=run.id)["status"]
+    if now == status:
+        raise GanpoolError(f"run {run.name!r} is already {now}")
+    raise GanpoolError(f"run {run.name!r} is {now}: it cannot be {action}d")
+
+
+def coordinator_alive(store: Store, run_id: int) -> bool:
+    """Whether a live session owns the run's coordinator (see `owners`, migration 0006);
+    any login of the class may ask, students included."""
+    return store.one("coordinator_alive", run_id=run_id)["alive"]
+
+
+def list_runs(store: Store) -> list[dict[str, Any]]:
+    """Every run, newest first, with its steps in the paper's sense and its target."""
+    out = []
+    for row in store.all("list_runs"):
+        cfg = RunConfig.from_dict(row["config"])
+        out.append({**row, "steps": cfg.steps_of(row["current_version"]), "target": cfg.max_steps})
+    return out
+
+
+def delete_run(store: Store, run: Run, force: bool = False) -> None:
+    """Delete a run and everything recorded for it. A run that is running, or that a
+    coordinator still holds, is refused unless `force`: its class would lose its work."""
+    status = store.one("run_state", run_id=run.id)["status"]
+    busy = status in ("running", "paused") or coordinator_alive(store, run.id)
+    if busy and not force:
+        raise GanpoolError(
+            f"run {run.name!r} is {status}"
+            + (" and its coordinator is running" if coordinator_alive(store, run.id) else "")
+            + ": stop it first (`ganpool run stop`), or pass --force to delete it anyway"
+        )
+    with store.tx():
+        if store.one("delete_run", run_id=run.id) is None:
+            raise GanpoolError(f"run {run.name!r} no longer exists")

@@ -91,6 +91,11 @@ class RunConfig:
         """Published versions per training step: the alternating rule publishes two."""
         return 2 if self.update_rule == "alternating" else 1
 
+    def steps_of(self, version: int) -> int:
+        """The paper's steps completed once `version` is published: what a person reads as
+        "step" everywhere (a D phase alone has not finished its step)."""
+        return max(0, version) // self.versions_per_step
+
     def phase_of(self, version: int) -> str:
         """What the units of a version compute: "both", or "D" then "G" alternately."""
         if self.update_rule != "alternating":

@@ -8,8 +8,10 @@ only the verifier reaches the server; the plaintext is shown once, inside the jo
 
 from __future__ import annotations
 
+import csv
 import re
 import secrets
+from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import psycopg
@@ -113,3 +115,121 @@ def remove_student(store: Store, name: str) -> None:
 
 def list_students(store: Store) -> list[dict]:
     return store.all("list_students")
+
+
+# -- a class at a time, lost join strings, read-only logins ---------------------------------
+
+
+def _new_password(store: Store, role: str) -> tuple[str, str]:
+    """A fresh password and its SCRAM verifier, hashed here: only the verifier is sent."""
+    password = secrets.token_urlsafe(24)  # 192 bits
+    verifier = store.conn.pgconn.encrypt_password(
+        password.encode(), role.encode(), b"scram-sha-256"
+    ).decode()
+    return password, verifier
+
+
+def _join_for(store: Store, role: str, password: str, where: dict) -> str:
+    info = store.conn.info
+    return join_string(
+        role,
+        password,
+        where.get("host") or info.host,
+        where.get("port") or info.port,
+        info.dbname,
+        where.get("sslmode"),
+        where.get("sslrootcert"),
+    )
+
+
+def read_roster(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A class list: one student name per line (blank lines and `#` comments skipped), or a
+    CSV whose header has a `name` column (the other columns are kept, for a mail merge).
+    Returns the CSV's columns ([] for a plain list) and one row per student."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise GanpoolError(f"{path}: not a UTF-8 text file") from None
+    lines = text.splitlines()
+    header = next(csv.reader(lines[:1]), [])
+    if "name" in (h.strip().lower() for h in header):
+        reader = csv.DictReader(lines)
+        key = next(h for h in reader.fieldnames if h.strip().lower() == "name")
+        rows = [
+            {k: (v or "").strip() for k, v in r.items() if k is not None} | {"name": r[key].strip()}
+            for r in reader
+            if (r.get(key) or "").strip()
+        ]
+        columns = list(reader.fieldnames) + (["name"] if key != "name" else [])
+    else:
+        rows = [{"name": s} for s in (line.strip() for line in lines) if s and s[0] != "#"]
+        columns = []
+    if not rows:
+        raise GanpoolError(f"{path}: no student names in it")
+    seen: set[str] = set()
+    for i, r in enumerate(rows, 1):
+        try:
+            check_name(r["name"])
+        except GanpoolError as e:
+            raise GanpoolError(f"{path}, student {i}: {e}") from None
+        if r["name"] in seen:
+            raise GanpoolError(f"{path}: student {r['name']!r} is listed twice")
+        seen.add(r["name"])
+    return columns, rows
+
+
+def add_roster(store: Store, rows: list[dict[str, str]], **where) -> list[str]:
+    """Create every student of a roster, or none (roles are transactional in PostgreSQL);
+    returns their join strings in the roster's order."""
+    taken = {s["name"] for s in list_students(store)} & {r["name"] for r in rows}
+    if taken:
+        raise GanpoolError(
+            f"already students: {', '.join(sorted(taken))}; nobody was added (take them off the "
+            "roster, or `ganpool student reissue NAME` for a new join string)"
+        )
+    with store.tx():
+        return [add_student(store, r["name"], **where) for r in rows]
+
+
+def reissue_student(store: Store, name: str, **where) -> str:
+    """A new password for a student who lost their join string: the old one stops working,
+    their work and place on the leaderboard stay. Returns the new join string."""
+    check_name(name)
+    role = store.one("student_role", name=name)["role_name"]
+    password, verifier = _new_password(store, role)
+    try:
+        with store.tx():
+            store.one("reissue_student", name=name, verifier=verifier)
+    except psycopg.errors.NoDataFound:
+        raise GanpoolError(
+            f"there is no student named {name!r} (see `ganpool student list`)"
+        ) from None
+    except psycopg.errors.InsufficientPrivilege:
+        raise GanpoolError("only the instructor can reissue join strings") from None
+    return _join_for(store, role, password, where)
+
+
+def add_viewer(store: Store, name: str, **where) -> str:
+    """A read-only login for the class's projector or an assistant: it can open the
+    dashboard and `ganpool status`, and change nothing. Returns its connection URL."""
+    check_name(name)
+    role = store.one("viewer_role", name=name)["role_name"]
+    password, verifier = _new_password(store, role)
+    try:
+        with store.tx():
+            store.one("add_viewer", name=name, verifier=verifier)
+    except psycopg.errors.DuplicateObject:
+        raise GanpoolError(f"a login {role!r} already exists on this server") from None
+    except psycopg.errors.InsufficientPrivilege:
+        raise GanpoolError(
+            "your login may not create roles: run `ganpool viewer add` as the instructor"
+        ) from None
+    return _join_for(store, role, password, where)
+
+
+def remove_viewer(store: Store, name: str) -> None:
+    try:
+        with store.tx():
+            store.one("remove_viewer", name=name)
+    except psycopg.errors.NoDataFound:
+        raise GanpoolError(f"there is no viewer named {name!r}") from None

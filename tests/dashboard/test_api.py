@@ -28,6 +28,7 @@ def test_progress_leaderboard_metrics_samples_and_workers(live):
     base = live["url"] + "/api/runs/live"
     p = _wait(lambda: (r := httpx.get(base + "/progress").json())["step"] >= 4 and r)
     assert p["status"] == "running" and p["workers_online"] == 2
+    assert p["coordinator_alive"] is True  # the live fixture's coordinator holds the run
     assert 0 <= p["epoch_progress"] < 1 and p["images_per_s"] > 0
     assert p["eta_s"] is not None  # the run has a step target
     board = httpx.get(base + "/leaderboard").json()

@@ -63,6 +63,20 @@ def test_controls_are_refused_without_login(live, browser):
 
     page = browser.new_page()
     page.goto(live["url"] + "/?run=live")
+    # Stop asks first; declined, nothing is sent (Playwright dismisses dialogs by default).
+    asked = []
+
+    def decline(dialog) -> None:
+        asked.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", decline)
+    page.locator("button[data-action=stop]").click()
+    expect(page.locator("#status")).to_have_text("running")
+    assert asked and "cannot be resumed" in asked[0] and "live" in asked[0]
+    assert page.locator("#control-message").inner_text() == ""
+    page.remove_listener("dialog", decline)
+    page.once("dialog", lambda dialog: dialog.accept())
     page.locator("button[data-action=stop]").click()
     expect(page.locator("#control-message")).to_have_text("log in as the instructor first")
     page.fill("#student-name", "ada")

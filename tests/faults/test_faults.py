@@ -149,7 +149,10 @@ def test_database_restart_mid_run(tmp_path, capsys):
             c.wait_finished(timeout=120)
             c.wait_exit()
             assert_trained_exactly_once(c, TARGET)
-            assert "database connection lost" in c.log("coordinator")
+            # One line when the database went and one when it came back, not one a retry.
+            for name in ("coordinator", "w1", "w2"):
+                assert c.log(name).count("lost the database") == 1, c.log(name)
+                assert c.log(name).count("the database is back") == 1, c.log(name)
             no_process_left(c)
             report(capsys, "database restart", c, restarts=1)
         finally:

@@ -51,6 +51,7 @@ from ganpool.coordinator.sweeper import StalledSessionSweeper
 from ganpool.data.datasets import check_fingerprint, open_dataset
 from ganpool.errors import GanpoolError, OwnershipRefused, PayloadError
 from ganpool.evaluation.grid import sample_grid
+from ganpool.notices import Notice
 from ganpool.protocol.schedule import EpochState, plan_units, sample_seed, spot_check_chosen
 from ganpool.runs import Run
 from ganpool.serialization.tensors import Packer, manifest_of, unpack
@@ -117,6 +118,7 @@ class Coordinator:
         # (time.time(), event, version): woke / collected / published, for the benchmark.
         self.timeline: deque[tuple[float, str, int]] = deque(maxlen=100_000)
         self._owner_pid: int | None = None  # the session that holds ownership of the run
+        self.waiting = Notice(log)  # one line when a pause starts, one when it ends
         self._acquire_ownership()
 
     # -- start and resume ------------------------------------------------------------
@@ -320,7 +322,12 @@ class Coordinator:
         if run["status"] in ("finished", "stopped"):
             return True
         if run["status"] != "running":
+            self.waiting.set(
+                run["status"], f"the run is {run['status']}: waiting for `ganpool run resume`",
+                ended="the run is running again",
+            )  # fmt: skip
             return False
+        self.waiting.clear()
         expired = self.store.all("expire_leases", run_id=self.run.id)
         if expired:
             log.info("reissuing %d unit(s) whose lease expired", len(expired))

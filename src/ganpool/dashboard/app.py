@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import psycopg
 from fastapi import Cookie, Depends, FastAPI, HTTPException, Path, Query, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from psycopg.rows import dict_row
@@ -29,9 +29,13 @@ from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, Field
 
 from ganpool.dashboard.wheel import add_wheel_routes
+from ganpool.errors import GanpoolError
+from ganpool.runs import CONTROLS, Run, control_run
 from ganpool.settings import RunConfig
+from ganpool.store import Store
 from ganpool.store.connection import session_conninfo
 from ganpool.store.queries import named_queries
+from ganpool.throughput import images_per_s
 
 RunName = Annotated[str, Path(min_length=1, max_length=200)]
 COOKIE = "ganpool_instructor"
@@ -40,12 +44,13 @@ COOKIE = "ganpool_instructor"
 class Progress(BaseModel):
     run: str
     status: str
-    step: int
+    step: int = Field(description="the paper's steps completed (a D and a G phase are one)")
     epochs: float
     epoch_progress: float = Field(description="share of the current epoch done, 0..1")
     images_applied: int
     images_per_s: float
     workers_online: int
+    coordinator_alive: bool = Field(description="a coordinator holds the run now")
     target_steps: int | None
     eta_s: float | None
 
@@ -128,6 +133,24 @@ def create_app(
             pool.close()
 
     app = FastAPI(title="ganpool dashboard", version="1", lifespan=lifespan)
+
+    @app.exception_handler(psycopg.errors.InsufficientPrivilege)
+    def refused(request: Request, e: psycopg.Error) -> JSONResponse:
+        # A login that may not read this (a student's): say so, rather than a bare 500.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "permission denied"
+        return JSONResponse(
+            {"detail": f"this dashboard's login may not read the run ({first}): start it with "
+             "a viewer's or the instructor's login"},
+            status_code=403,
+        )  # fmt: skip
+
+    @app.exception_handler(psycopg.OperationalError)
+    def unavailable(request: Request, e: psycopg.Error) -> JSONResponse:
+        return JSONResponse(
+            {"detail": "the database is unreachable for now; the page retries on its own"},
+            status_code=503,
+        )
+
     package = resources.files("ganpool.dashboard")
     app.mount("/static", StaticFiles(directory=str(package / "static")), name="static")
     templates = Jinja2Templates(directory=str(package / "templates"))  # autoescapes HTML
@@ -142,6 +165,10 @@ def create_app(
         if not rows:
             raise HTTPException(404, f"no run named {run!r}")
         return rows[0]
+
+    def per_step(row: dict) -> int:
+        """Published versions per paper step of a run (two under the alternating rule)."""
+        return RunConfig.from_dict(row["config"]).versions_per_step
 
     def instructor(ganpool_instructor: Annotated[str | None, Cookie()] = None) -> None:
         if not instructor_password:
@@ -158,7 +185,11 @@ def create_app(
     @app.get("/api/runs", response_model=list[RunRow])
     def runs() -> list[RunRow]:
         return [
-            RunRow(name=r["name"], status=r["status"], step=max(0, r["current_version"]))
+            RunRow(
+                name=r["name"],
+                status=r["status"],
+                step=RunConfig.from_dict(r["config"]).steps_of(r["current_version"]),
+            )
             for r in fetch("list_runs")
         ]
 
@@ -168,9 +199,10 @@ def create_app(
         if not rows:
             raise HTTPException(404, f"no run named {run!r}")
         p = rows[0]
-        p["step"] //= RunConfig.from_dict(p["config"]).versions_per_step
-        window = min(60.0, float(p["running_s"] or 0))  # the last minute, or since the start
-        rate = float(p["images_last_minute"]) / window if window > 0 else 0.0
+        p["step"] = RunConfig.from_dict(p["config"]).steps_of(p["current_version"])
+        speed = fetch("run_throughput", run_id=p["id"])[0]
+        rate = images_per_s(speed["images"], speed["seconds"])
+        alive = fetch("coordinator_alive", run_id=p["id"])[0]
         cfg = p["config"]
         target = cfg.get("max_steps") or None
         eta = None
@@ -189,6 +221,7 @@ def create_app(
             images_applied=p["images_applied"],
             images_per_s=rate,
             workers_online=p["workers_online"],
+            coordinator_alive=alive["alive"],
             target_steps=target,
             eta_s=max(0.0, eta) if eta is not None else None,
         )
@@ -209,29 +242,36 @@ def create_app(
         r = run_row(run)
         return [
             MetricPoint(**row)
-            for row in fetch("dashboard_metrics", run_id=r["id"], max_points=points)
+            for row in fetch(
+                "dashboard_metrics", run_id=r["id"], max_points=points, per_step=per_step(r)
+            )
         ]
 
     @app.get("/api/runs/{run}/quality", response_model=list[QualityPoint])
     def quality(run: RunName) -> list[QualityPoint]:
         r = run_row(run)
-        return [QualityPoint(**row) for row in fetch("dashboard_quality", run_id=r["id"])]
+        rows = fetch("dashboard_quality", run_id=r["id"], per_step=per_step(r))
+        return [QualityPoint(**row) for row in rows]
 
     @app.get("/api/runs/{run}/samples", response_model=list[int])
     def samples(run: RunName) -> list[int]:
+        """The steps that have a sample grid."""
         r = run_row(run)
-        return [row["version"] for row in fetch("dashboard_sample_versions", run_id=r["id"])]
+        rows = fetch("dashboard_sample_steps", run_id=r["id"], per_step=per_step(r))
+        return [row["step"] for row in rows]
 
     @app.get(
-        "/api/runs/{run}/samples/{version}.png",
+        "/api/runs/{run}/samples/{step}.png",
         responses={200: {"content": {"image/png": {}}}},
         response_class=Response,
     )
-    def sample(run: RunName, version: Annotated[int, Path(ge=0, le=2**31 - 1)]) -> Response:
+    def sample(run: RunName, step: Annotated[int, Path(ge=0, le=2**31 - 1)]) -> Response:
         r = run_row(run)
-        rows = fetch("dashboard_sample", binary=True, run_id=r["id"], version=version)
+        rows = fetch(
+            "dashboard_sample", binary=True, run_id=r["id"], step=step, per_step=per_step(r)
+        )
         if not rows:
-            raise HTTPException(404, f"no sample grid at version {version}")
+            raise HTTPException(404, f"no sample grid at step {step}")
         return Response(
             bytes(rows[0]["png"]),
             media_type="image/png",
@@ -247,7 +287,7 @@ def create_app(
                 device=w["device"],
                 last_heartbeat_s=float(w["seconds_since_heartbeat"]),
                 current_unit=w["current_unit"],
-                images_per_s=float(w["images_per_s"]),
+                images_per_s=images_per_s(w["images_last_minute"], w["seconds"]),
                 present=w["present"],
             )
             for w in fetch("dashboard_workers", run_id=r["id"], limit=limit)
@@ -264,13 +304,14 @@ def create_app(
 
     @app.post("/api/runs/{run}/{action}", response_model=Done, dependencies=[Depends(instructor)])
     def control(
-        run: RunName, action: Annotated[str, Path(pattern="^(pause|resume|stop)$")]
+        run: RunName, action: Annotated[str, Path(pattern="^(" + "|".join(CONTROLS) + ")$")]
     ) -> Done:
         r = run_row(run)
-        status = {"pause": "paused", "resume": "running", "stop": "stopped"}[action]
-        with pools["control"].connection() as conn, conn.transaction():
-            conn.execute(queries["set_run_status"], {"run_id": r["id"], "status": status})
-            conn.execute(queries["notify_run_status"], {"run_id": r["id"]})
+        try:
+            with pools["control"].connection() as conn:
+                status = control_run(Store(conn), Run.from_row(r), action)
+        except GanpoolError as e:  # e.g. resuming a finished run
+            raise HTTPException(409, str(e)) from None
         return Done(ok=True, message=f"run {run} is now {status}")
 
     @app.post(

@@ -40,7 +40,7 @@ def export_generator(store: Store, run: Run, out: Path, version: int | None = No
     load_weights(g, d, unpack(blob, manifest_of(weights_of(g, d))))
     summary = store.one("run_summary", run_id=run.id)
     board = store.all("leaderboard", run_id=run.id)
-    metrics = store.all("recent_metrics", run_id=run.id, limit=1)
+    metrics = store.all("recent_metrics", run_id=run.id, limit=1, per_step=cfg.versions_per_step)
     model = {k: getattr(cfg.model, k) for k in ("image_size", "channels", "nz", "ngf", "ndf")}
     card = {
         "run": run.name,
@@ -51,10 +51,11 @@ def export_generator(store: Store, run: Run, out: Path, version: int | None = No
             "fingerprint": run.fingerprint,
             "images": run.dataset_size,
         },
-        "steps": version,
+        "steps": cfg.steps_of(version),  # the paper's steps (two versions each, alternating)
         "epochs": round(float(summary["epochs"]), 4),
         "images_applied": int(summary["images_applied"]),
         "contributors": [{"name": r["name"], "images": int(r["images"])} for r in board],
+        "update_rule": cfg.update_rule,
         "last_metrics": metrics[-1] if metrics else None,
     }
     out.mkdir(parents=True, exist_ok=True)

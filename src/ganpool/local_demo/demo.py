@@ -4,6 +4,10 @@ Starts an embedded PostgreSQL server (unless --db is given), migrates, creates a
 built-in faces, launches one coordinator and K workers as separate OS processes, shows
 progress, and writes `summary.json` and sample grids. Everything it started (the server
 included) is stopped when it finishes, fails or is interrupted.
+
+Each demo's server has a data folder of its own, so two demos side by side never touch
+each other's. The demo's own connection (progress and summary) rides out a database
+restart like the coordinator's and the workers' do.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,12 +29,62 @@ from ganpool.local_demo.supervise import die_with_parent, start_guardian
 from ganpool.runs import create_run
 from ganpool.settings import load_run_config
 from ganpool.store import Store, connect, migrate
+from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff, Outage
+from ganpool.throughput import run_images_per_s
 
 
 def demo_data_dir() -> Path:
-    """Where the demo's server keeps its data: one fixed place, so that a server or data
-    left behind by a killed demo is found, stopped and wiped by the next one."""
-    return Path(os.environ.get("GANPOOL_DEMO_PGDATA", f"/tmp/ganpool-demo-pg-{os.getuid()}"))
+    """Where this demo's server keeps its data: a new folder for each demo, so that demos
+    side by side never share a server (the guardian removes it if the demo is killed).
+    GANPOOL_DEMO_PGDATA names one instead (the tests use it to watch it go)."""
+    if os.environ.get("GANPOOL_DEMO_PGDATA"):
+        return Path(os.environ["GANPOOL_DEMO_PGDATA"])
+    return Path(tempfile.mkdtemp(prefix=f"ganpool-demo-pg-{os.getuid()}-", dir="/tmp"))
+
+
+class _Watch:
+    """The demo's own connection, for progress and the summary. Like the coordinator's and
+    the workers', it reconnects when the database restarts (one line each way)."""
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self.store: Store | None = None
+        self.outage = Outage()
+        self.last_error: BaseException | None = None
+
+    def _connected(self) -> Store:
+        if self.store is None or self.store.conn.closed:
+            self.store = Store(connect(self.dsn))
+        return self.store
+
+    def _drop(self, error: BaseException) -> None:
+        self.last_error = error
+        self.outage.lost(error)
+        if self.store is not None:
+            self.store.close()
+        self.store = None
+
+    def try_once(self, run_id: int) -> tuple[dict, float] | None:
+        """The run's figures now, or None while the database is away (the caller polls)."""
+        try:
+            store = self._connected()
+            row = store.one("run_summary", run_id=run_id), run_images_per_s(store, run_id)
+        except CONNECTION_ERRORS as e:
+            self._drop(e)
+            return None
+        self.outage.back()
+        return row
+
+    def until_answered(self, run_id: int) -> tuple[dict, float]:
+        """The run's figures, waiting (with backoff, bounded) for the database if need be."""
+        backoff = Backoff(outage=self.outage)
+        while (figures := self.try_once(run_id)) is None:
+            backoff.wait(self.last_error)
+        return figures
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
 
 
 def _spawn(args: list[str], dsn: str, log_path: Path) -> subprocess.Popen:
@@ -70,7 +125,7 @@ def run_demo(workers: int, steps: int, out: Path, db: str | None = None) -> dict
     try:
         if db is None:
             server = EmbeddedPostgres(demo_data_dir())
-            db = server.start()  # also stops and wipes what a killed demo left there
+            db = server.start()
             guardian = start_guardian(server.data_dir)
             print(f"started an embedded PostgreSQL server: {db}", flush=True)
         conn = connect(db)
@@ -79,7 +134,8 @@ def run_demo(workers: int, steps: int, out: Path, db: str | None = None) -> dict
         cfg = load_run_config(preset="small", overrides={"max_steps": steps})
         dataset = builtin_faces(cfg.image_size, cfg.channels)
         run = create_run(store, f"demo-{time.strftime('%Y%m%d-%H%M%S')}", cfg, dataset)
-        vps = cfg.versions_per_step  # the alternating rule publishes two versions per step
+        store.close()  # from here on, the watch's connection: it reconnects
+        watch = _Watch(db)
         print(
             f"created run {run.name!r}: {len(dataset)} built-in faces, {steps} steps, "
             f"{workers} workers",
@@ -115,10 +171,12 @@ def run_demo(workers: int, steps: int, out: Path, db: str | None = None) -> dict
             time.sleep(0.5)
             if time.monotonic() - last_print >= 5:
                 last_print = time.monotonic()
-                s = store.one("run_summary", run_id=run.id)
-                rate = s["images_applied"] / max(1e-9, time.monotonic() - started)
+                figures = watch.try_once(run.id)
+                if figures is None:
+                    continue  # the database is away: said once; the others reconnect too
+                s, rate = figures
                 print(
-                    f"step {max(0, s['current_version']) // vps}/{steps} | "
+                    f"step {cfg.steps_of(s['current_version'])}/{steps} | "
                     f"epoch {s['epochs']:.2f} | "
                     f"{rate:.1f} img/s | workers online {s['workers_online']}",
                     flush=True,
@@ -129,21 +187,22 @@ def run_demo(workers: int, steps: int, out: Path, db: str | None = None) -> dict
         for p in procs[1:]:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=30)
-        s = store.one("run_summary", run_id=run.id)
+        s, rate = watch.until_answered(run.id)
+        watch.close()
         summary = {
             "run": run.name,
-            "steps_completed": s["current_version"] // vps,
+            "steps_completed": cfg.steps_of(s["current_version"]),
             "epochs_completed": round(float(s["epochs"]), 4),
             "images_processed": int(s["images_applied"]),
             "units_applied": int(s["units_applied"]),
             "units_rejected": int(s["units_rejected"]),
             "units_reissued": int(s["units_reissued"]),
+            "images_per_s": round(rate, 2),
             "workers": workers,
             "wall_seconds": round(time.monotonic() - started, 2),
             "samples": sorted(str(p.relative_to(out)) for p in (out / "samples").glob("*.png")),
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        store.close()
         return summary
     finally:
         signal.signal(signal.SIGTERM, previous_term)

@@ -3,7 +3,7 @@
 * Children (coordinator, workers) ask the kernel for SIGTERM when their parent dies
   (Linux `PR_SET_PDEATHSIG`), so a SIGKILLed demo still takes them down cleanly.
 * A guardian process, in a session of its own, watches the demo's pid and stops the
-  embedded server when the demo is gone, however it went.
+  embedded server, and removes its data folder, when the demo is gone, however it went.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def guard(parent: int, pgdata: Path) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while _alive(parent):
         time.sleep(0.3)
-    EmbeddedPostgres(pgdata).stop(mode="immediate")
+    server = EmbeddedPostgres(pgdata)
+    server.stop(mode="immediate")
+    server.destroy()  # each demo has a folder of its own: leave nothing behind in /tmp
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Riding out a database restart or a network cut: exponential backoff, bounded in time."""
+"""Riding out a database restart or a network cut: exponential backoff, bounded in time, and
+one line when the database is lost and one when it is back (not one per retry)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 import psycopg
 
 from ganpool.errors import DatabaseUnavailable
+from ganpool.notices import Notice
 
 log = logging.getLogger(__name__)
 
@@ -15,14 +17,48 @@ log = logging.getLogger(__name__)
 CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable)
 
 
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class Outage:
+    """Whether a process has lost its database. Shared by all the connections of one
+    process (a worker has three), so that an outage reads as two lines in all."""
+
+    def __init__(self) -> None:
+        self.notice = Notice(log, logging.WARNING)
+        self.since: float | None = None
+
+    def lost(self, error: BaseException) -> None:
+        if self.notice.set("lost", f"lost the database ({first_line(error)}); reconnecting"):
+            self.since = time.monotonic()
+
+    def back(self) -> None:
+        if self.notice.state is None:
+            return
+        away = time.monotonic() - (self.since or time.monotonic())
+        self.notice.clear(f"the database is back (after {away:.0f}s); carrying on")
+
+
 class Backoff:
     """0.25 s, 0.5 s, 1 s, ... up to `cap`; gives up once `give_up_s` have passed."""
 
-    def __init__(self, first: float = 0.25, cap: float = 5.0, give_up_s: float = 600.0):
+    def __init__(
+        self,
+        first: float = 0.25,
+        cap: float = 5.0,
+        give_up_s: float = 600.0,
+        outage: Outage | None = None,
+    ):
         self.first, self.cap, self.give_up_s = first, cap, give_up_s
+        self.outage = outage or Outage()
         self.reset()
 
     def reset(self) -> None:
+        """Connected (again)."""
+        if getattr(self, "since", None) is not None:
+            self.outage.back()
         self.delay = self.first
         self.since: float | None = None
 
@@ -32,10 +68,9 @@ class Backoff:
         if now - self.since > self.give_up_s:
             raise DatabaseUnavailable(
                 f"the database has been unreachable for {self.give_up_s:.0f}s, giving up: "
-                f"{str(error).strip().splitlines()[0] if str(error).strip() else error!r}"
+                f"{first_line(error)}"
             ) from None
-        log.warning(
-            "database connection lost or call failed (%s); retrying in %.2fs", error, self.delay
-        )
+        self.outage.lost(error)
+        log.debug("database call failed (%s); retrying in %.2fs", error, self.delay)
         time.sleep(self.delay)
         self.delay = min(self.cap, self.delay * 2)

@@ -35,7 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,11 +43,13 @@ import torch
 from ganpool.data.database import DatabaseImages
 from ganpool.data.datasets import check_fingerprint, open_dataset
 from ganpool.models.dcgan import build_models
-from ganpool.runs import Run
+from ganpool.notices import Notice
+from ganpool.runs import Run, coordinator_alive
 from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.store import Store, connect
-from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff
+from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff, Outage
 from ganpool.store.submission import submission, upload_result
+from ganpool.throughput import RecentImages
 from ganpool.training.gradients import result_manifest, unit_gradients
 from ganpool.training.state import load_weights, reset_buffers, weights_of
 
@@ -65,11 +67,12 @@ class WorkerProgress:
     compute_s: float = 0.0
     started: float = 0.0
     last_message: str = ""
+    recent: RecentImages = field(default_factory=RecentImages)
 
     @property
     def images_per_s(self) -> float:
-        elapsed = time.monotonic() - self.started
-        return self.images / elapsed if elapsed > 0 else 0.0
+        """This worker's share of the run's speed, measured the run's way (ganpool.throughput)."""
+        return self.recent.rate()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,9 +89,17 @@ class Heartbeat(threading.Thread):
     """Keeps the worker alive and the leases of the units it holds extended, on a connection
     of its own."""
 
-    def __init__(self, dsn: str, worker_id: int, interval: float, held: Callable[[], list]):
+    def __init__(
+        self,
+        dsn: str,
+        worker_id: int,
+        interval: float,
+        held: Callable[[], list],
+        outage: Outage | None = None,
+    ):
         super().__init__(daemon=True, name="ganpool-heartbeat")
         self.dsn, self.worker_id, self.interval = dsn, worker_id, interval
+        self.outage = outage or Outage()
         self.held = held  # () -> [(unit_id, attempt), ...] held now
         self.lost = threading.Event()
         self._stop = threading.Event()
@@ -104,8 +115,12 @@ class Heartbeat(threading.Thread):
                     )
                     if unit_id is not None and not holds["holds"]:
                         self.lost.set()
+                self.outage.back()
             except Exception as e:  # a dropped connection: reconnect on the next beat
-                log.warning("heartbeat failed: %s", e)
+                if isinstance(e, CONNECTION_ERRORS):
+                    self.outage.lost(e)
+                else:
+                    log.warning("heartbeat failed: %s", e)
                 if store is not None:
                     store.close()
                 store = None
@@ -186,6 +201,9 @@ class Worker:
         self._recent_compute_s: deque[float] = deque([1.0], maxlen=4)
         self._seen_rejection = 0
         self._standing_version = -1
+        self.outage = Outage()  # one line when the database goes, one when it is back
+        self.waiting = Notice(log)  # one line when work stops coming (paused, no coordinator)
+        self._idle_since: float | None = None
 
     def stop(self) -> None:
         """Ask the worker to end after the current unit (signal handlers call this)."""
@@ -210,14 +228,14 @@ class Worker:
         finally:
             store.close()
         heartbeat = Heartbeat(
-            self.dsn, self.worker_id, max(0.2, self.cfg.lease_s / 3), self._held_units
+            self.dsn, self.worker_id, max(0.2, self.cfg.lease_s / 3), self._held_units, self.outage
         )
         fetcher = threading.Thread(target=self._guarded(self._fetch), name="ganpool-fetch")
         uploader = threading.Thread(target=self._guarded(self._upload), name="ganpool-upload")
         for t in (heartbeat, fetcher, uploader):
             t.daemon = True
             t.start()
-        self.progress.started = time.monotonic()
+        self.progress.started = self.progress.recent.started = time.monotonic()
         try:
             self._compute_loop()
         finally:
@@ -310,7 +328,7 @@ class Worker:
     # -- the fetcher: claim ahead, download on NOTIFY -----------------------------------
 
     def _fetch(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(outage=self.outage)
         weights: tuple[int, dict[str, torch.Tensor]] | None = None
         while not self._stopping.is_set():
             store = listener = None
@@ -332,11 +350,14 @@ class Worker:
                             self._stopping.set()
                             _offer(self._ready, _END)
                             return
+                        self._say_why_waiting(store, state["status"])
                         # Nothing to do: sleep until the coordinator publishes, poll_s at most.
                         for _ in listener.notifies(timeout=self.poll_s, stop_after=1):
                             pass
                         continue
                     self._hold(unit, True)
+                    self._idle_since = None
+                    self.waiting.clear()
                     self.timeline.append((time.time(), "claimed", unit["version"], unit["unit_id"]))
                     if weights is None or weights[0] != unit["version"]:
                         blob = store.copy_out_blob(
@@ -375,6 +396,33 @@ class Worker:
                     if conn is not None:
                         conn.close()
 
+    # A worker waits between versions all the time (that is a step being formed): only a
+    # wait longer than this, with no coordinator holding the run, is worth a line.
+    NO_COORDINATOR_AFTER_S = 10.0
+
+    def _say_why_waiting(self, store: Store, status: str) -> None:
+        """One line when work stops coming for a reason the student should know."""
+        now = time.monotonic()
+        self._idle_since = self._idle_since or now
+        if status == "paused":
+            self.waiting.set(
+                "paused", "the run is paused: waiting for the instructor to resume it",
+                ended="the run is running again: back to work",
+            )  # fmt: skip
+        elif status == "created":
+            self.waiting.set(
+                "created", "the run has not started: waiting for the instructor's coordinator",
+                ended="the run has started",
+            )  # fmt: skip
+        elif now - self._idle_since >= self.NO_COORDINATOR_AFTER_S and not coordinator_alive(
+            store, self.run.id
+        ):
+            self.waiting.set(
+                "no coordinator", "no coordinator is running this run: waiting for it to "
+                "come back (your work so far is kept)",
+                ended="the coordinator is back: back to work",
+            )  # fmt: skip
+
     def _wait_for_turn(self) -> None:
         """Return when the compute thread has nothing in hand, or will be done with its one
         unit within the time a claim and its download take (with margin): then the next
@@ -400,7 +448,7 @@ class Worker:
     def _upload(self) -> None:
         packers: dict[str, Packer] = {}
         store: Store | None = None
-        backoff = Backoff()
+        backoff = Backoff(outage=self.outage)
         while True:
             item = self._outbox.get()
             if item is _END:
@@ -433,7 +481,9 @@ class Worker:
         p.version = unit["version"]
         if verdict["accepted"]:
             p.units += 1
-            p.images += len(unit["indices"])
+            if unit["phase"] != "G":  # a G phase reuses its D phase's images
+                p.images += len(unit["indices"])
+                p.recent.add(len(unit["indices"]))
         # Refusals at submission and at aggregation alike are recorded with their reason.
         rejections = store.all(
             "worker_rejections", worker_id=self.worker_id, after_id=self._seen_rejection

@@ -2,7 +2,7 @@
 "use strict";
 const body = document.body;
 let run = body.dataset.run;
-let sampleVersions = [];
+let sampleSteps = [];
 let followLatest = true;
 
 async function api(path, init) {
@@ -44,7 +44,7 @@ async function pickRun() {
 async function refresh() {
   if (!run) { await pickRun(); if (!run) return; }
   const base = "/api/runs/" + encodeURIComponent(run);
-  const [p, board, metrics, versions, workers, quality] = await Promise.all([
+  const [p, board, metrics, steps, workers, quality] = await Promise.all([
     api(base + "/progress"), api(base + "/leaderboard"), api(base + "/metrics"),
     api(base + "/samples"), api(base + "/workers"), api(base + "/quality"),
   ]);
@@ -53,6 +53,9 @@ async function refresh() {
   document.getElementById("epoch").textContent = p.epochs.toFixed(2);
   document.getElementById("rate").textContent = p.images_per_s.toFixed(1);
   document.getElementById("online").textContent = p.workers_online;
+  const coordinator = document.getElementById("coordinator");
+  coordinator.textContent = p.coordinator_alive ? "coordinator running" : "no coordinator";
+  coordinator.className = "badge " + (p.coordinator_alive ? "online" : "offline");
   document.getElementById("eta").textContent = fmtSeconds(p.eta_s);
   document.getElementById("epoch-bar").style.width = (100 * p.epoch_progress).toFixed(1) + "%";
 
@@ -94,10 +97,10 @@ async function refresh() {
       {title: "quality", min: 0});
   }
 
-  if (versions.length !== sampleVersions.length) {
-    sampleVersions = versions;
+  if (steps.length !== sampleSteps.length) {
+    sampleSteps = steps;
     const slider = document.getElementById("sample-slider");
-    slider.max = Math.max(0, versions.length - 1);
+    slider.max = Math.max(0, steps.length - 1);
     if (followLatest) slider.value = slider.max;
     showSample();
   }
@@ -105,15 +108,15 @@ async function refresh() {
 
 function showSample() {
   const slider = document.getElementById("sample-slider");
-  const v = sampleVersions[Number(slider.value)];
-  if (v == null) return;
+  const step = sampleSteps[Number(slider.value)];
+  if (step == null) return;
   document.getElementById("sample").src =
-    "/api/runs/" + encodeURIComponent(run) + "/samples/" + v + ".png";
-  document.getElementById("sample-version").textContent = "version " + v;
+    "/api/runs/" + encodeURIComponent(run) + "/samples/" + step + ".png";
+  document.getElementById("sample-version").textContent = "step " + step;
 }
 
 document.getElementById("sample-slider").addEventListener("input", e => {
-  followLatest = Number(e.target.value) === sampleVersions.length - 1;
+  followLatest = Number(e.target.value) === sampleSteps.length - 1;
   showSample();
 });
 
@@ -128,6 +131,8 @@ document.getElementById("login-form").addEventListener("submit", async e => {
 });
 for (const b of document.querySelectorAll("[data-action]")) {
   b.addEventListener("click", async () => {
+    // Stopping ends the run for good (it cannot be resumed): ask first.
+    if (b.dataset.confirm && !window.confirm(b.dataset.confirm.replace("RUN", run))) return;
     try {
       const r = await api("/api/runs/" + encodeURIComponent(run) + "/" + b.dataset.action, {method: "POST"});
       message.textContent = r.message;

@@ -337,23 +337,72 @@ SELECT r.name, r.status, r.current_version, r.images_applied, r.dataset_size,
 FROM runs AS r WHERE r.id = %(run_id)s;
 
 -- leaderboard --
--- Accepted images and units per worker name, and their rejections.
+-- Accepted images and units per worker name, and their rejections. An image counts once:
+-- a G-phase unit reuses its D phase's images (its unit counts, its images do not).
 SELECT w.name,
-       coalesce(sum(c.samples), 0) AS images,
+       coalesce(sum(c.samples) FILTER (WHERE u.phase <> 'G'), 0) AS images,
        count(c.unit_id) AS units,
        (SELECT count(*) FROM rejections AS j JOIN workers AS w2 ON w2.id = j.worker_id
         WHERE w2.run_id = %(run_id)s AND w2.name = w.name) AS rejected
 FROM workers AS w
 LEFT JOIN version_contributions AS c ON c.worker_id = w.id
+LEFT JOIN work_units AS u ON u.id = c.unit_id
 WHERE w.run_id = %(run_id)s
 GROUP BY w.name
 ORDER BY images DESC, w.name;
 
 -- recent_metrics --
--- The last few steps' metrics, newest last.
-SELECT step, g_loss, d_loss, d_real, d_fake, workers, images, epoch FROM (
-    SELECT * FROM step_metrics WHERE run_id = %(run_id)s ORDER BY step DESC LIMIT %(limit)s
+-- The last few completed steps' metrics, newest last. A step is the paper's: under the
+-- alternating rule its D phase (D loss, D(x), D(G(z))) and G phase (G loss) are two rows
+-- of step_metrics, one per published version, and each column is set in one of them.
+SELECT * FROM (
+    SELECT (step + %(per_step)s::int - 1) / %(per_step)s::int AS step,
+           avg(g_loss) AS g_loss, avg(d_loss) AS d_loss, avg(d_real) AS d_real,
+           avg(d_fake) AS d_fake, max(workers) AS workers, max(images) AS images,
+           max(epoch) AS epoch
+    FROM step_metrics WHERE run_id = %(run_id)s
+    GROUP BY 1 HAVING count(*) = %(per_step)s::int
+    ORDER BY 1 DESC LIMIT %(limit)s
 ) AS m ORDER BY step;
+
+-- all_metrics --
+-- Every completed step's metrics in the paper's steps (see recent_metrics), for export.
+SELECT (step + %(per_step)s::int - 1) / %(per_step)s::int AS step,
+       avg(g_loss) AS g_loss, avg(d_loss) AS d_loss, avg(d_real) AS d_real,
+       avg(d_fake) AS d_fake, max(workers) AS workers, sum(units) AS units,
+       max(images) AS images, max(epoch) AS epoch, max(created_at) AS created_at
+FROM step_metrics WHERE run_id = %(run_id)s
+GROUP BY 1 HAVING count(*) = %(per_step)s::int
+ORDER BY 1;
+
+-- run_throughput --
+-- The one measure of a run's speed: images that entered a step (a G phase reuses its D
+-- phase's images and adds none) in the last minute of the run's life, and the seconds of
+-- that minute it has been running.
+SELECT coalesce((SELECT sum(v.images) FROM versions AS v
+                 WHERE v.run_id = r.id
+                   AND v.created_at > coalesce(r.finished_at, now()) - interval '60 seconds'),
+                0) AS images,
+       least(60, coalesce(extract(epoch FROM coalesce(r.finished_at, now()) - r.started_at), 0))
+           AS seconds
+FROM runs AS r WHERE r.id = %(run_id)s;
+
+-- change_run_status --
+-- Pause, resume or stop a run, only from a state the action applies to (a finished or
+-- stopped run stays so); no row back means the run was in none of them.
+UPDATE runs
+SET status = %(status)s,
+    finished_at = CASE WHEN %(status)s IN ('finished', 'stopped') THEN now() END
+WHERE id = %(run_id)s AND status = ANY(%(allowed)s::text[])
+RETURNING status;
+
+-- delete_run --
+-- Delete a run and, by cascade, every row that belongs to it.
+DELETE FROM runs WHERE id = %(run_id)s RETURNING name;
+
+-- coordinator_alive --
+-- Whether a live session owns the run's coordinator (a definer function: students may ask).
+SELECT ganpool_coordinator_alive(%(run_id)s) AS alive;
 
 -- lock_migrations --
 -- One migrator at a time (released at commit), by a lock no student can take or block:
@@ -582,6 +631,10 @@ SELECT ganpool_end_stalled_sessions(%(idle_s)s, %(active_s)s) AS ended;
 -- The login role a student of this class gets.
 SELECT ganpool_student_role(%(name)s) AS role_name;
 
+-- viewer_role --
+-- The login role a viewer of this class gets.
+SELECT ganpool_viewer_role(%(name)s) AS role_name;
+
 -- class_roles --
 -- This database's class name and group roles.
 SELECT key, owner, instructor, worker, viewer FROM class_roles;
@@ -606,18 +659,18 @@ SELECT ganpool_whoami() AS name;
 SELECT place, of_workers, images FROM ganpool_my_standing(%(worker_id)s);
 
 -- list_runs --
--- Every run, newest first (the dashboard's run picker).
-SELECT id, name, status, current_version, created_at FROM runs ORDER BY id DESC;
+-- Every run, newest first (the dashboard's run picker, `ganpool run list`).
+SELECT id, name, status, current_version, config, images_applied, created_at, started_at,
+       finished_at
+FROM runs ORDER BY id DESC;
 
 -- dashboard_progress --
--- The run's key figures: step, epochs, recent throughput, workers online, targets.
-SELECT r.name, r.status, greatest(r.current_version, 0) AS step, r.images_applied,
+-- The run's key figures: version, epochs, workers online, targets.
+SELECT r.id, r.name, r.status, r.current_version, r.images_applied,
        r.dataset_size, r.config, r.started_at, r.finished_at,
        extract(epoch FROM coalesce(r.finished_at, now()) - r.started_at) AS running_s,
        (SELECT coalesce(sum(images_applied::float8 / size), 0) FROM epochs
         WHERE run_id = r.id) AS epochs,
-       (SELECT coalesce(sum(images), 0) FROM versions
-        WHERE run_id = r.id AND created_at > now() - interval '60 seconds') AS images_last_minute,
        (SELECT count(*) FROM workers
         WHERE run_id = r.id AND left_at IS NULL
           AND last_heartbeat > now() - make_interval(secs => (r.config ->> 'lease_s')::float8))
@@ -626,9 +679,11 @@ FROM runs AS r WHERE r.name = %(run)s;
 
 -- dashboard_leaderboard --
 -- Per student (worker name): accepted images and units, rejections, share of updates, online.
-WITH accepted AS (
-    SELECT w.name, sum(c.samples) AS images, count(*) AS units
+WITH accepted AS (  -- images count once (a G-phase unit reuses its D phase's)
+    SELECT w.name, coalesce(sum(c.samples) FILTER (WHERE u.phase <> 'G'), 0) AS images,
+           count(*) AS units
     FROM version_contributions AS c JOIN workers AS w ON w.id = c.worker_id
+    JOIN work_units AS u ON u.id = c.unit_id
     WHERE c.run_id = %(run_id)s GROUP BY w.name
 ), refused AS (
     SELECT w.name, count(*) AS rejected,
@@ -654,25 +709,36 @@ ORDER BY images DESC, p.name
 LIMIT %(limit)s;
 
 -- dashboard_metrics --
--- Loss curves, averaged into at most max_points buckets of consecutive steps.
-WITH bucket AS (
-    SELECT greatest(1, ceil(count(*)::float8 / %(max_points)s))::int AS width
+-- Loss curves by the paper's step (see recent_metrics), averaged into at most max_points
+-- buckets of consecutive steps.
+WITH steps AS (
+    SELECT (step + %(per_step)s::int - 1) / %(per_step)s::int AS step,
+           avg(g_loss) AS g_loss, avg(d_loss) AS d_loss, avg(d_real) AS d_real,
+           avg(d_fake) AS d_fake
+    FROM step_metrics WHERE run_id = %(run_id)s
+    GROUP BY 1 HAVING count(*) = %(per_step)s::int
+), bucket AS MATERIALIZED (  -- computed once (not once per step, as a plan may choose)
+    SELECT greatest(1, ceil(count(*)::float8 / %(per_step)s::int / %(max_points)s))::int
+               AS width
     FROM step_metrics WHERE run_id = %(run_id)s
 )
 SELECT max(step) AS step, avg(g_loss) AS g_loss, avg(d_loss) AS d_loss,
        avg(d_real) AS d_real, avg(d_fake) AS d_fake
-FROM step_metrics, bucket
-WHERE run_id = %(run_id)s
+FROM steps, bucket
 GROUP BY (step - 1) / bucket.width
 ORDER BY 1;
 
--- dashboard_sample_versions --
--- Versions that have a stored sample grid.
-SELECT version FROM samples WHERE run_id = %(run_id)s ORDER BY version;
+-- dashboard_sample_steps --
+-- Steps that have a stored sample grid. A grid drawn mid-step (a run that ended after a D
+-- phase) shows the generator of the step before: only a G phase changes it.
+SELECT DISTINCT version / %(per_step)s::int AS step FROM samples
+WHERE run_id = %(run_id)s ORDER BY 1;
 
 -- dashboard_sample --
--- One sample grid's PNG (read with a binary cursor).
-SELECT png FROM samples WHERE run_id = %(run_id)s AND version = %(version)s;
+-- The sample grid of one step (read with a binary cursor).
+SELECT png FROM samples
+WHERE run_id = %(run_id)s AND version / %(per_step)s::int = %(step)s
+ORDER BY version DESC LIMIT 1;
 
 -- dashboard_workers --
 -- Workers of the run: device, last heartbeat, current unit, recent images per second.
@@ -680,9 +746,11 @@ SELECT w.id, w.name, w.device, w.hostname, w.last_heartbeat, w.left_at IS NULL A
        extract(epoch FROM now() - w.last_heartbeat) AS seconds_since_heartbeat,
        (SELECT u.id FROM work_units AS u WHERE u.worker_id = w.id AND u.state = 'claimed'
         LIMIT 1) AS current_unit,
-       (SELECT coalesce(sum(r.samples), 0) FROM results AS r
-        WHERE r.worker_id = w.id AND r.submitted_at > now() - interval '60 seconds')
-           / 60.0 AS images_per_s
+       (SELECT coalesce(sum(r.samples), 0)
+        FROM results AS r JOIN work_units AS u ON u.id = r.unit_id
+        WHERE r.worker_id = w.id AND r.submitted_at > now() - interval '60 seconds'
+          AND u.phase <> 'G' AND u.twin_of IS NULL) AS images_last_minute,
+       least(60, extract(epoch FROM now() - w.registered_at)) AS seconds
 FROM workers AS w
 WHERE w.run_id = %(run_id)s AND (w.left_at IS NULL OR w.left_at > now() - interval '10 minutes')
 ORDER BY w.last_heartbeat DESC
@@ -698,7 +766,7 @@ SET kid = excluded.kid, kid_std = excluded.kid_std, fid = excluded.fid,
 
 -- dashboard_quality --
 -- The quality metric over the run, for the learning-curve chart.
-SELECT version AS step, kid, kid_std, fid, n_fake FROM quality
+SELECT version / %(per_step)s::int AS step, kid, kid_std, fid, n_fake FROM quality
 WHERE run_id = %(run_id)s ORDER BY version;
 
 -- begin_dataset --
@@ -734,3 +802,21 @@ FROM datasets WHERE fingerprint = %(fingerprint)s AND loaded_at IS NOT NULL;
 -- The encoded images at some positions (read with a binary cursor).
 SELECT idx, image FROM dataset_images
 WHERE fingerprint = %(fingerprint)s AND idx = ANY(%(indices)s);
+
+-- reissue_student --
+-- Give a student's login a new password (the old join string stops working).
+SELECT ganpool_student_reissue(%(name)s, %(verifier)s) AS role_name;
+
+-- add_viewer --
+-- Create a read-only login (in the class's viewer group) for a projector or an assistant.
+SELECT ganpool_viewer_add(%(name)s, %(verifier)s) AS role_name;
+
+-- remove_viewer --
+-- Drop a read-only login made by add_viewer.
+SELECT ganpool_viewer_remove(%(name)s) AS role_name;
+
+-- can_read_dashboard --
+-- Whether this login may read what the dashboard shows (a student's login may not).
+SELECT has_table_privilege('runs', 'SELECT') AND has_table_privilege('workers', 'SELECT')
+       AND has_table_privilege('step_metrics', 'SELECT')
+       AND has_table_privilege('samples', 'SELECT') AS readable;
