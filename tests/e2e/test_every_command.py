@@ -22,6 +22,7 @@ import psycopg
 import pytest
 
 from ganpool.cli import build_parser, main
+from ganpool.store.connection import session_conninfo
 from tests.helpers import make_run, train_distributed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -106,7 +107,7 @@ def test_every_command_on_runs_of_both_update_rules(trained, capsys, tmp_path, m
         covered.update(p for p in leaf_commands(build_parser()) if p == path[: len(p)])
         return ok(capsys, *argv)
 
-    assert run_cmd("db", "migrate", "--db", db).strip() == "schema is up to date"
+    assert run_cmd("db", "migrate", "--db", db).splitlines()[0] == "schema is up to date"
     listing = run_cmd("run", "list", "--db", db)
     for rule in RULES:
         assert any(line.startswith(rule) and "finished" in line for line in listing.splitlines())
@@ -306,7 +307,10 @@ def test_a_viewer_login_reads_the_dashboard_and_changes_nothing(trained, embedde
 
         with TestClient(create_app(url)) as client:
             assert client.get("/api/runs/simultaneous/progress").json()["step"] == STEPS
-        with psycopg.connect(url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with (
+            psycopg.connect(session_conninfo(url)) as conn,
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+        ):
             conn.execute("UPDATE runs SET status = 'running'")
         _one_line(_ganpool("run", "resume", "--db", url, "--run", "alternating"), "refused")
     finally:

@@ -15,6 +15,7 @@ import pytest
 from ganpool.cli import main
 from ganpool.export.metrics import metric_rows, write_tensorboard
 from ganpool.store import Store, connect
+from ganpool.store.connection import session_conninfo
 from ganpool.students import list_students, read_roster, remove_student
 from tests.helpers import make_run, train_distributed
 
@@ -65,7 +66,9 @@ def test_a_class_from_a_csv_roster_for_a_mail_merge(
         assert [r["Name"] for r in rows] == class_names
         assert rows[0]["Email"] == f"{class_names[0]}@school.example"
         assert rows[0]["command"] == f"ganpool worker --join '{rows[0]['join']}'"
-        with psycopg.connect(rows[1]["join"]) as conn:  # each join string is a working login
+        with psycopg.connect(
+            session_conninfo(rows[1]["join"])
+        ) as conn:  # each join string is a working login
             assert conn.execute("SELECT ganpool_whoami()").fetchone()[0] == class_names[1]
         for call in (  # ... and no more: the new login functions are the instructor's
             "SELECT ganpool_student_reissue(%s, 'x')",
@@ -73,7 +76,7 @@ def test_a_class_from_a_csv_roster_for_a_mail_merge(
             "SELECT ganpool_viewer_remove(%s)",
         ):
             with (
-                psycopg.connect(rows[1]["join"]) as conn,
+                psycopg.connect(session_conninfo(rows[1]["join"])) as conn,
                 pytest.raises(psycopg.errors.InsufficientPrivilege),
             ):
                 conn.execute(call, (class_names[0],))
@@ -96,10 +99,10 @@ def test_a_class_from_a_csv_roster_for_a_mail_merge(
                                "--db", embedded_db)  # fmt: skip
         assert status == 0
         new = said.split("--join ", 1)[1].split("'")[1]
-        with psycopg.connect(new) as conn:
+        with psycopg.connect(session_conninfo(new)) as conn:
             assert conn.execute("SELECT ganpool_whoami()").fetchone()[0] == class_names[1]
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-            psycopg.connect(rows[1]["join"]).close()
+            psycopg.connect(session_conninfo(rows[1]["join"])).close()
     finally:
         _cleanup(embedded_db, class_names)
 
