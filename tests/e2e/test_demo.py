@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from ganpool.local_demo.embedded import EmbeddedPostgres
+from ganpool.store.connection import session_conninfo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -65,7 +66,7 @@ def test_a_demo_rides_out_a_restart_of_its_database(tmp_path):
             while time.monotonic() < deadline:
                 assert demo.poll() is None, (tmp_path / "out.log").read_text()
                 try:
-                    with psycopg.connect(server.url(), connect_timeout=5) as conn:
+                    with psycopg.connect(session_conninfo(server.url()), connect_timeout=5) as conn:
                         row = conn.execute("SELECT max(current_version) FROM runs").fetchone()
                     if row and row[0] is not None and row[0] >= 2:
                         break

@@ -73,13 +73,21 @@ def test_one_1000x_worker_among_three_honest_ones(embedded_db, servers, rule):
     assert attacked.version == STEPS  # training went on
     assert cheater.progress.units > 0  # and the attacker's results were part of it
 
-    # Stated bound: every weight stays within 2 x lr per step of the honest run's
-    # (Adam moves a weight by about lr per step at most, in either run).
+    # The weights follow the honest run's. Adam bounds every single weight's move whatever
+    # the gradients (by ~1.4 lr a step here), so the largest difference tells nothing: a
+    # plain mean under this attack and a robust rule both reach ~2 lr x steps. The typical
+    # weight does: measured (median |difference| / (lr x steps)) 0.06-0.09 under clip and
+    # trimmed mean, 0.24 under the plain mean.
     lr = attacked_run.config.lr_g
     w_attacked, w_honest = attacked.state.weights(), baseline.state.weights()
-    for k, v in w_honest.items():
-        if v.is_floating_point() and "running" not in k:
-            assert (w_attacked[k] - v).abs().max() <= 2 * lr * STEPS, k
+    moved = torch.cat(
+        [
+            (w_attacked[k] - v).abs().reshape(-1)
+            for k, v in w_honest.items()
+            if v.is_floating_point() and "running" not in k
+        ]
+    )
+    assert moved.median() <= 0.15 * lr * STEPS, moved.median().item() / (lr * STEPS)
     # Adam's memory is not poisoned: its second moments stay within 25x of the honest run's,
     # where a plain mean would multiply them by about a million (1000^2 / 4^2 ~ 6e4 at least).
     ratio = (_adam_second_moment(attacked).max() / _adam_second_moment(baseline).max()).item()

@@ -132,7 +132,7 @@ class Coordinator:
             )
         if not got["taken"]:
             self.store.close()
-            log.info("run %s is owned by server process %s", self.run.name, got["holder_pid"])
+            log.debug("run %s is owned by server process %s", self.run.name, got["holder_pid"])
             raise OwnershipRefused(
                 f"another coordinator is already running run {self.run.name!r}; "
                 "stop it first (only one coordinator per run)"
