@@ -16,7 +16,7 @@ def test_migrate_is_idempotent_and_recorded(empty_db):
         "0004_dataset_images",
         "0005_performance",
         "0006_class_schema",
-        "0008_class_tools",
+        "0007_class_tools",
     ]
     assert migrate(conn) == []
     check_schema(conn)
