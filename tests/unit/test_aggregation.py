@@ -113,6 +113,18 @@ def test_trimmed_mean_trims_at_least_one_of_three_and_none_of_two():
     torch.testing.assert_close(two["buf.D.m"], torch.tensor([1.5]))
 
 
+def test_trimmed_mean_always_keeps_the_middle():
+    three = [(result([1.0, 0.0], [1.0]), 30), (result([2.0, 9.0], [2.0]), 30)]
+    three.append((result([30.0, 3.0], [9.0]), 10))
+    # int(3 x 0.9) = 2 from each end would leave nothing: capped at one, the median.
+    out = aggregate(three, "trimmed_mean", trim_fraction=0.9)
+    torch.testing.assert_close(out["grad.G.w"], torch.tensor([2.0, 3.0]))
+    # Four at 0.5: capped at one from each end, the middle two averaged.
+    four = [*three, (result([4.0, -1.0], [0.0]), 30)]
+    out = aggregate(four, "trimmed_mean", trim_fraction=0.5)
+    torch.testing.assert_close(out["grad.G.w"], torch.tensor([3.0, 1.5]))
+
+
 def test_median_is_taken_per_coordinate():
     results = [
         (result([1.0, 9.0], [4.0]), 30.0),
@@ -141,6 +153,9 @@ def test_norms_and_comparisons_by_hand():
     zero = {"grad.G.w": torch.zeros(2), "grad.D.w": torch.zeros(1)}
     assert compare(zero, zero) == (1.0, 0.0)
     assert compare(zero, b) == (0.0, 1.0)
+    unit = {"grad.G.w": torch.tensor([0.6, 0.8]), "grad.D.w": torch.tensor([0.0])}  # norm 1
+    cosine, rel = compare(a, unit)
+    assert cosine == pytest.approx(1.8 / 5) and rel == pytest.approx(0.8)
     # Median 3, MAD 1: z = |7 - 3| / 1.4826.
     assert robust_z(7.0, [2.0, 3.0, 4.0]) == pytest.approx(4 / 1.4826)
     assert robust_z(5.0, [3.0, 3.0, 3.0], min_scale=0.5) == pytest.approx(4.0)
