@@ -198,3 +198,21 @@ def test_an_applied_unit_refuses_a_second_submission_row(applied):
         (first["run_id"], first["unit_id"], waiting["worker_id"]),
     )
     assert name == _unique_constraint(conn, "results", "unit_id")
+
+
+def test_only_a_waiting_result_can_be_applied(applied):
+    """apply_result is a no-op for a result already decided: a refused result is never
+    applied later, and applying one twice adds nothing (no error either)."""
+    conn, first, waiting = applied
+    store = Store(conn)
+    store.execute("reject_result", run_id=first["run_id"], result_id=waiting["id"], reason="x")
+    for result_id in (waiting["id"], first["result_id"]):
+        store.execute(
+            "apply_result", run_id=first["run_id"], version=1, result_id=result_id, weight=1.0
+        )
+    rows = conn.execute("SELECT result_id FROM version_contributions ORDER BY result_id")
+    assert waiting["id"] not in [r["result_id"] for r in rows.fetchall()]
+    count = conn.execute("SELECT count(*) AS n FROM version_contributions").fetchone()["n"]
+    assert count == 2  # the two applied at the step, once each
+    status = conn.execute("SELECT status FROM results WHERE id = %s", (waiting["id"],))
+    assert status.fetchone()["status"] == "rejected"
