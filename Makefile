@@ -36,16 +36,12 @@ clean:
 
 # Mutation testing (docs/testing.md), not part of `make test`: one module per run, e.g.
 # `make mutation MODULE=schedule`. Modules: aggregation screening training schedule
-# coordinator, and sql (curated mutants of the database's rules). Slow: hours for all.
+# coordinator ([tool.mutmut.modules] in pyproject.toml), and sql (curated mutants of the
+# database's rules). Slow: minutes to hours per module; a rerun resumes.
 MODULE        ?= aggregation
 MUTATION_JOBS ?= 1
-MUTANTS_aggregation := ganpool.aggregation.robust.
-MUTANTS_screening   := ganpool.coordinator.screening.
-MUTANTS_training    := ganpool.training.state. ganpool.training.gradients. ganpool.training.local.
-MUTANTS_schedule    := ganpool.protocol.schedule.
-MUTANTS_coordinator := ganpool.coordinator.coordinator.
 # The tests' second server is the same code on PostgreSQL 15: skip it, halving each run.
-MUTATION_ENV := env -u PYTHONPATH GANPOOL_TEST_SYSTEM_PG=postgresql://postgres@127.0.0.1:1/x
+MUTATION_ENV  := env -u PYTHONPATH GANPOOL_TEST_SYSTEM_PG=postgresql://postgres@127.0.0.1:1/x
 
 .PHONY: mutation
 mutation: $(STAMP)
@@ -53,8 +49,5 @@ mutation: $(STAMP)
 ifeq ($(MODULE),sql)
 	$(MUTATION_ENV) nice -n 10 $(BIN)/python tools/sql_mutants.py
 else
-	@test -n "$(MUTANTS_$(MODULE))" || { echo "unknown MODULE=$(MODULE)"; exit 2; }
-	$(MUTATION_ENV) nice -n 10 $(BIN)/mutmut run --max-children $(MUTATION_JOBS) \
-		$(foreach p,$(MUTANTS_$(MODULE)),'$(p)*')
-	$(MUTATION_ENV) $(BIN)/python tools/mutation_report.py $(MODULE) $(MUTANTS_$(MODULE))
+	$(MUTATION_ENV) $(BIN)/python tools/mutation.py $(MODULE) --jobs $(MUTATION_JOBS)
 endif
