@@ -10,6 +10,7 @@ the fast database tests, stopping at the first failure, and reports killed or su
     python tools/sql_mutants.py                 # every mutant
     python tools/sql_mutants.py --only claim    # the mutants whose id contains "claim"
     python tools/sql_mutants.py --list          # what would run
+    python tools/sql_mutants.py --again         # retry mutants that have a verdict
 
 A mutant whose text is no longer found exactly once is reported "stale": the SQL changed
 (a new migration that replaces a function, say) and the list needs updating.
@@ -18,6 +19,7 @@ A mutant whose text is no longer found exactly once is reported "stale": the SQL
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -308,62 +310,81 @@ def plant(mutant: Mutant, src: Path) -> str | None:
     return None
 
 
+def pytest(tests: list[str], src: Path, timeout: float) -> tuple[str, str]:
+    """(status, the line that tells why) of one pytest run on the mutated copy."""
+    env = os.environ | {"PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    try:
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return "timeout", f"no verdict within {timeout:.0f}s"
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+    status = {0: "survived", 1: "killed"}.get(done.returncode, f"error ({done.returncode})")
+    return status, (failed or lines or [done.stderr.strip()[-200:]])[-1 if not failed else 0]
+
+
 def run_one(mutant: Mutant, timeout: float) -> tuple[str, float, str]:
-    """(status, seconds, the last line pytest printed)."""
+    """(status, seconds, why). The mutant's own tests run first, on their own: a kill is
+    then quick; only a mutant they miss goes on to the other fast database tests."""
+    t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sql-mutant-") as tmp:
         src = Path(tmp) / "src"
         shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__"))
         problem = plant(mutant, src)
         if problem:
             return "stale", 0.0, problem
-        tests = list(dict.fromkeys([*mutant.tests, *BROAD]))
-        env = os.environ | {"PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
-        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
-        t0 = time.monotonic()
-        try:
-            done = subprocess.run(
-                cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-            )
-        except subprocess.TimeoutExpired:
-            return "timeout", time.monotonic() - t0, f"no verdict within {timeout:.0f}s"
-        seconds = time.monotonic() - t0
-        lines = [line for line in done.stdout.splitlines() if line.strip()]
-        last = lines[-1] if lines else done.stderr.strip()[-200:]
-        status = {0: "survived", 1: "killed"}.get(done.returncode, f"error ({done.returncode})")
-        if status == "killed":
-            failed = [line for line in lines if line.startswith("FAILED")]
-            last = failed[0] if failed else last
-        return status, seconds, last
+        status, why = "survived", ""
+        for tests in (list(mutant.tests), [t for t in BROAD if t not in mutant.tests]):
+            if tests and status == "survived":
+                status, why = pytest(tests, src, timeout)
+        return status, time.monotonic() - t0, why
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", default=[], help="ids containing this")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds per mutant")
-    parser.add_argument("--report", type=Path, default=ROOT / "mutants" / "sql-mutants.md")
+    parser.add_argument("--again", action="store_true", help="retry mutants with a verdict")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per pytest run")
     args = parser.parse_args()
     chosen = [m for m in MUTANTS if not args.only or any(o in m.id for o in args.only)]
     if args.list:
         for m in chosen:
             print(f"{m.id:28} {m.file:34} {m.bug}")
         return 0
-    rows = []
+    # Verdicts are kept (mutants/sql-mutants.json), so an interrupted run resumes.
+    saved = ROOT / "mutants" / "sql-mutants.json"
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    verdicts = json.loads(saved.read_text()) if saved.exists() else {}
     for m in chosen:
-        status, seconds, detail = run_one(m, args.timeout)
-        print(f"{status:10} {seconds:6.1f}s  {m.id}: {detail}", flush=True)
-        rows.append((m, status, seconds, detail))
-    killed = sum(status in ("killed", "timeout") for _, status, _, _ in rows)
-    tried = sum(not status.startswith(("stale", "error")) for _, status, _, _ in rows)
-    summary = f"SQL mutants: {killed} of {tried} killed ({len(rows) - tried} stale or errored)"
-    print(summary)
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"# {summary}", "", "| mutant | file | bug | status | s | detail |", "|---" * 6 + "|"]
-    for m, status, seconds, detail in rows:
-        cells = (m.id, m.file, m.bug, status, f"{seconds:.0f}", detail.replace("|", "/"))
+        if m.id in verdicts and not args.again:
+            continue
+        status, seconds, why = run_one(m, args.timeout)
+        print(f"{status:10} {seconds:6.1f}s  {m.id}: {why}", flush=True)
+        verdicts[m.id] = {"status": status, "seconds": round(seconds), "why": why}
+        saved.write_text(json.dumps(verdicts, indent=1))
+    return report(verdicts)
+
+
+def report(verdicts: dict) -> int:
+    rows = [(m, verdicts[m.id]) for m in MUTANTS if m.id in verdicts]
+    killed = sum(v["status"] in ("killed", "timeout") for _, v in rows)
+    tried = sum(v["status"] in ("killed", "timeout", "survived") for _, v in rows)
+    summary = (
+        f"sql: {killed} of {tried} mutants killed; {len(MUTANTS) - len(rows)} not run, "
+        f"{len(rows) - tried} stale or errored"
+    )
+    lines = [f"# {summary}", "", "| mutant | file | bug | status | s | why |", "|---" * 6 + "|"]
+    for m, v in rows:
+        cells = (m.id, m.file, m.bug, v["status"], str(v["seconds"]), v["why"].replace("|", "/"))
         lines.append("| " + " | ".join(cells) + " |")
-    args.report.write_text("\n".join(lines) + "\n")
-    print(f"report: {args.report}")
+    out = ROOT / "mutants" / "sql-mutants.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(summary)
+    print(f"report: {out}")
     return 0 if killed == tried else 1
 
 
