@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -314,16 +315,22 @@ def pytest(tests: list[str], src: Path, timeout: float) -> tuple[str, str]:
     """(status, the line that tells why) of one pytest run on the mutated copy."""
     env = os.environ | {"PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     try:
-        done = subprocess.run(
-            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-        )
+        stdout, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        # Ctrl-C, so pytest's fixtures stop the PostgreSQL server they started.
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
         return "timeout", f"no verdict within {timeout:.0f}s"
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    lines = [line for line in stdout.splitlines() if line.strip()]
     failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
-    status = {0: "survived", 1: "killed"}.get(done.returncode, f"error ({done.returncode})")
-    return status, (failed or lines or [done.stderr.strip()[-200:]])[-1 if not failed else 0]
+    status = {0: "survived", 1: "killed"}.get(proc.returncode, f"error ({proc.returncode})")
+    return status, (failed or lines or ["(no output)"])[-1 if not failed else 0]
 
 
 def run_one(mutant: Mutant, timeout: float) -> tuple[str, float, str]:
