@@ -3,6 +3,7 @@
     python tools/mutation.py aggregation          # mutate, test, report
     python tools/mutation.py coordinator --jobs 2
     python tools/mutation.py aggregation --report # the report only, from the saved verdicts
+    python tools/mutation.py aggregation --survivors  # after adding tests: retry survivors
 
 Each module ([tool.mutmut.modules] in pyproject.toml) names its files, the fast tests that
 cover them and, optionally, which functions to mutate. mutmut reads one configuration per
@@ -74,10 +75,12 @@ def prepare(name: str, module: dict, shared: dict) -> Path:
     return work
 
 
-def run(work: Path, module: dict, jobs: int) -> int:
+def run(work: Path, module: dict, jobs: int, names: list[str]) -> int:
+    """mutmut on the module. Named mutants are tried again even with a verdict; without
+    names, only mutants that have none are tried (a rerun resumes)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    patterns = module.get("functions") or [f"{p}*" for p in prefixes(module)]
-    cmd = ["nice", "-n", "10", MUTMUT, "run", "--max-children", str(jobs), *patterns]
+    names = names or module.get("functions", [])
+    cmd = ["nice", "-n", "10", MUTMUT, "run", "--max-children", str(jobs), *names]
     return subprocess.run(cmd, cwd=work, env=env).returncode
 
 
@@ -88,7 +91,8 @@ def prefixes(module: dict) -> list[str]:
     ]
 
 
-def report(name: str, work: Path, module: dict) -> str:
+def verdicts(work: Path, module: dict) -> dict[str, str]:
+    """mutant name -> status, for the module's mutants."""
     listing = subprocess.run(
         [MUTMUT, "results", "--all", "true"], cwd=work, capture_output=True, text=True
     ).stdout
@@ -98,6 +102,11 @@ def report(name: str, work: Path, module: dict) -> str:
         mutant, sep, status = line.strip().rpartition(": ")
         if sep and any(fnmatch.fnmatchcase(mutant, p) for p in patterns):
             found[mutant] = status
+    return found
+
+
+def report(name: str, work: Path, module: dict) -> str:
+    found = verdicts(work, module)
     counts = Counter(found.values())
     ran = sum(n for status, n in counts.items() if status not in ("not checked", "skipped"))
     killed = counts["killed"] + counts["timeout"]
@@ -123,12 +132,22 @@ def main() -> int:
     parser.add_argument("module", choices=sorted(modules))
     parser.add_argument("--jobs", type=int, default=1, help="mutants tested at once")
     parser.add_argument("--report", action="store_true", help="only write the report")
+    parser.add_argument(
+        "--survivors", action="store_true", help="try the mutants not killed again (new tests)"
+    )
     args = parser.parse_args()
     module = modules[args.module]
     work = ROOT / ".mutation" / args.module
     if not args.report:
+        names = []
+        if args.survivors:
+            alive = ("survived", "no tests", "suspicious")
+            names = [m for m, status in verdicts(work, module).items() if status in alive]
+            if not names:
+                print("no survivors to try again")
         work = prepare(args.module, module, shared)
-        run(work, module, args.jobs)
+        if names or not args.survivors:
+            run(work, module, args.jobs, names)
     print(report(args.module, work, module))
     print(f"survivors and their diffs: {work / 'report.md'}")
     return 0
