@@ -49,5 +49,5 @@ mutation: $(STAMP)
 ifeq ($(MODULE),sql)
 	$(MUTATION_ENV) nice -n 10 $(BIN)/python tools/sql_mutants.py
 else
-	$(MUTATION_ENV) $(BIN)/python tools/mutation.py $(MODULE) --jobs $(MUTATION_JOBS)
+	$(MUTATION_ENV) $(BIN)/python tools/mutation.py $(MODULE) --jobs $(MUTATION_JOBS) $(MUTATION_ARGS)
 endif
