@@ -36,6 +36,7 @@ SQL = Path("ganpool/store/sql")
 # The fast tests that talk to the database, run after each mutant's own (no subprocesses).
 BROAD = (
     "tests/integration/test_weighting.py",
+    "tests/integration/test_leases.py",
     "tests/integration/test_store.py",
     "tests/integration/test_protocol.py",
     "tests/security/test_roles.py",
@@ -45,6 +46,7 @@ BROAD = (
 PROTOCOL = "tests/integration/test_protocol.py"
 WEIGHTING = "tests/integration/test_weighting.py"
 ROLES = "tests/security/test_roles.py"
+LEASES = "tests/integration/test_leases.py"
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ MUTANTS = [
         "AND attempt = p_attempt",
         "ganpool_lease_interval(v_run)\n    WHERE id = p_unit_id AND worker_id = p_worker_id",
         "a heartbeat for an expired attempt extends the lease of a later one",
-        (PROTOCOL,),
+        (LEASES,),
     ),
     # -- claiming ----------------------------------------------------------------------------
     Mutant(
@@ -151,7 +153,7 @@ MUTANTS = [
         "WHERE c.run_id = v_run AND c.state = 'pending' AND r.status = 'running'",
         "WHERE c.run_id = v_run AND c.state = 'pending'",
         "units of a paused or finished run are still handed out",
-        (PROTOCOL,),
+        (LEASES,),
     ),
     Mutant(
         "claim-newest-first",
@@ -209,7 +211,7 @@ MUTANTS = [
         "    ELSIF u.state <> 'claimed' THEN",
         "    ELSIF false THEN",
         "a submission for a pending or rejected unit gets past the state check",
-        (PROTOCOL,),
+        (LEASES,),
     ),
     Mutant(
         "submit-any-run-status",
@@ -217,7 +219,7 @@ MUTANTS = [
         "    ELSIF v_status NOT IN ('running', 'paused') THEN",
         "    ELSIF false THEN",
         "results are recorded after the run has finished or stopped",
-        (PROTOCOL,),
+        (LEASES,),
     ),
     Mutant(
         "submit-samples-one",
@@ -234,7 +236,7 @@ MUTANTS = [
         "          AND u.attempt = p_attempt THEN",
         "    ELSIF u.state IN ('submitted', 'applied') AND u.worker_id = p_worker_id THEN",
         "an old attempt's late result is told 'already recorded' instead of 'lease lost'",
-        (PROTOCOL,),
+        (LEASES,),
     ),
     # -- who may call ------------------------------------------------------------------------
     Mutant(
@@ -277,7 +279,7 @@ MUTANTS = [
         "SET state = 'pending', worker_id = NULL, lease_expires_at = NULL\n"
         "    WHERE id = p_unit_id AND attempt = p_attempt",
         "a worker releases a unit another worker holds",
-        (ROLES, PROTOCOL),
+        (LEASES,),
     ),
     # -- the step's queries ------------------------------------------------------------------
     Mutant(
