@@ -133,7 +133,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="mutants tested at once")
     parser.add_argument("--report", action="store_true", help="only write the report")
     parser.add_argument(
-        "--survivors", action="store_true", help="try the mutants not killed again (new tests)"
+        "--survivors", action="store_true", help="try survivors and timeouts again (new tests)"
     )
     args = parser.parse_args()
     module = modules[args.module]
@@ -141,7 +141,7 @@ def main() -> int:
     if not args.report:
         names = []
         if args.survivors:
-            alive = ("survived", "no tests", "suspicious")
+            alive = ("survived", "no tests", "suspicious", "timeout")
             names = [m for m, status in verdicts(work, module).items() if status in alive]
             if not names:
                 print("no survivors to try again")
