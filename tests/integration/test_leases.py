@@ -100,3 +100,21 @@ def test_a_refused_result_cannot_be_sent_again(db):
         assert again["reason"] == f"unit {u2['unit_id']} is already rejected"
     finally:
         good.close(), bad.close(), coordinator.close()
+
+
+def test_a_worker_is_never_handed_the_spot_check_twin_of_its_own_unit(db):
+    # Every unit is spot-checked: its twin, the same work, must go to someone else.
+    run = make_run(db, unit_size=10, results_per_step=2, spot_check_rate=1.0)
+    coordinator = Coordinator(db, run)
+    coordinator.start()
+    a, b = FakeStudent(db, run, "a"), FakeStudent(db, run, "b")
+    try:
+        mine = [a.claim(), a.claim()]
+        assert a.claim() is None  # only the twins of its own two units are left
+        twin = b.claim()
+        twin_of = b.store.conn.execute(
+            "SELECT twin_of FROM work_units WHERE id = %s", (twin["unit_id"],)
+        ).fetchone()["twin_of"]
+        assert twin_of in {u["unit_id"] for u in mine}
+    finally:
+        a.close(), b.close(), coordinator.close()
