@@ -24,7 +24,12 @@ def test_train_local_with_uneven_units_equals_a_plain_pytorch_loop():
     assert sizes == [[30, 30], [30, 10]]  # unequal weights, by design
 
     want = train_plain(cfg, dataset, steps)
-    got = train_local(cfg, dataset, steps=2).weights()
+    reports = []
+    got = train_local(cfg, dataset, steps=2, on_step=lambda r, _: reports.append(r)).weights()
+    # What it reports per step: the images it used and the epochs done so far.
+    assert [(r.step, r.images, r.epochs) for r in reports] == [(1, 60, 0.6), (2, 40, 1.0)]
+    for r in reports:
+        assert 0 < r.d_real < 1 and 0 < r.d_fake < 1 and r.g_loss > 0 and r.d_loss > 0
     assert set(got) == set(want)
     for name, t in want.items():
         torch.testing.assert_close(got[name], t, rtol=1e-5, atol=1e-6, msg=name)
