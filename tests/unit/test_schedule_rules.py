@@ -55,3 +55,20 @@ def test_planned_units_number_on_from_the_given_sequence_and_epoch():
     assert [e.epoch for e in epochs] == [5]
     more = plan_units(epochs, 6, 1, 40, 2, 100, 14)
     assert more[0].epoch == 6 and [e.epoch for e in epochs] == [5, 6]
+
+
+def test_one_call_can_open_several_epochs_and_a_last_single_image_is_still_issued():
+    epochs: list[EpochState] = []
+    units = plan_units(epochs, 0, count=5, unit_size=50, run_seed=2, dataset_size=100, first_seq=0)
+    assert [u.epoch for u in units] == [0, 0, 1, 1, 2]
+    assert [e.epoch for e in epochs] == [0, 1, 2]
+    # 33 x 3 leaves one image: it makes a unit of its own before the next epoch opens.
+    epochs = []
+    units = plan_units(epochs, 0, count=5, unit_size=33, run_seed=2, dataset_size=100, first_seq=0)
+    assert [(u.epoch, len(u.indices)) for u in units] == [
+        (0, 33),
+        (0, 33),
+        (0, 33),
+        (0, 1),
+        (1, 33),
+    ]
