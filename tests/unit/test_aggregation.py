@@ -153,9 +153,9 @@ def test_norms_and_comparisons_by_hand():
     zero = {"grad.G.w": torch.zeros(2), "grad.D.w": torch.zeros(1)}
     assert compare(zero, zero) == (1.0, 0.0)
     assert compare(zero, b) == (0.0, 1.0)
-    unit = {"grad.G.w": torch.tensor([0.6, 0.8]), "grad.D.w": torch.tensor([0.0])}  # norm 1
+    unit = {"grad.G.w": torch.tensor([1.0, 0.0]), "grad.D.w": torch.tensor([0.0])}  # norm 1
     cosine, rel = compare(a, unit)
-    assert cosine == pytest.approx(1.8 / 5) and rel == pytest.approx(0.8)
+    assert cosine == pytest.approx(3 / 5) and rel == pytest.approx(0.8)
     # Median 3, MAD 1: z = |7 - 3| / 1.4826.
     assert robust_z(7.0, [2.0, 3.0, 4.0]) == pytest.approx(4 / 1.4826)
     assert robust_z(5.0, [3.0, 3.0, 3.0], min_scale=0.5) == pytest.approx(4.0)
