@@ -17,17 +17,21 @@ def test_train_local_with_uneven_units_equals_a_plain_pytorch_loop():
     dataset = builtin_faces(cfg.image_size, cfg.channels)
     epochs: list[EpochState] = []
     steps = []
-    for step in range(2):
+    for step in range(3):
         units = plan_units(epochs, len(epochs), 2, 30, cfg.seed, len(dataset), 2 * step)
         steps.append([(u.indices, u.noise_seed) for u in units])
     sizes = [[len(indices) for indices, _ in units] for units in steps]
-    assert sizes == [[30, 30], [30, 10]]  # unequal weights, by design
+    assert sizes == [[30, 30], [30, 10], [30, 30]]  # unequal weights, by design
 
     want = train_plain(cfg, dataset, steps)
     reports = []
-    got = train_local(cfg, dataset, steps=2, on_step=lambda r, _: reports.append(r)).weights()
+    got = train_local(cfg, dataset, steps=3, on_step=lambda r, _: reports.append(r)).weights()
     # What it reports per step: the images it used and the epochs done so far.
-    assert [(r.step, r.images, r.epochs) for r in reports] == [(1, 60, 0.6), (2, 40, 1.0)]
+    assert [(r.step, r.images, r.epochs) for r in reports] == [
+        (1, 60, 0.6),
+        (2, 40, 1.0),
+        (3, 60, 1.6),
+    ]
     for r in reports:
         assert 0 < r.d_real < 1 and 0 < r.d_fake < 1 and r.g_loss > 0 and r.d_loss > 0
     assert set(got) == set(want)
