@@ -160,3 +160,12 @@ def test_norms_and_comparisons_by_hand():
     assert robust_z(7.0, [2.0, 3.0, 4.0]) == pytest.approx(4 / 1.4826)
     assert robust_z(5.0, [3.0, 3.0, 3.0], min_scale=0.5) == pytest.approx(4.0)
     assert robust_z(5.0, [3.0, 3.0, 3.0]) == pytest.approx(2e12)  # the default floor, 1e-12
+
+
+@pytest.mark.parametrize("rule", ["mean", "clip", "trimmed_mean", "median"])
+def test_every_rule_takes_a_step_of_one_result_as_it_is(rule):
+    # A step past its deadline may hold a single result.
+    one = result([3.0, -4.0], [0.5])
+    out = aggregate([(one, 10.0)], rule)
+    for key, value in one.items():
+        torch.testing.assert_close(out[key], value, msg=key)
