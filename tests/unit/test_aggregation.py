@@ -169,3 +169,11 @@ def test_every_rule_takes_a_step_of_one_result_as_it_is(rule):
     out = aggregate([(one, 10.0)], rule)
     for key, value in one.items():
         torch.testing.assert_close(out[key], value, msg=key)
+
+
+def test_clip_scales_small_gradients_too():
+    # Norms 0.1, 0.1 and 0.9: the cap is 2 x 0.1 = 0.2, below 1 but still a cap.
+    results = [(result([0.1, 0.0], [1.0]), 10.0), (result([0.1, 0.0], [1.0]), 10.0)]
+    results.append((result([0.0, 0.9], [1.0]), 10.0))
+    out = aggregate(results, "clip", clip_factor=2.0)
+    torch.testing.assert_close(out["grad.G.w"], torch.tensor([0.2 / 3, 0.2 / 3]))
