@@ -36,21 +36,28 @@ def one_unit(g: nn.Module, d: nn.Module, images: torch.Tensor, seed: int, nz: in
     n = images.shape[0]
     z = torch.randn(n, nz, generator=torch.Generator().manual_seed(seed))
     fake = g(z)
-    d_loss = F.binary_cross_entropy_with_logits(d(images), torch.ones(n))
-    d_loss = d_loss + F.binary_cross_entropy_with_logits(d(fake.detach()), torch.zeros(n))
+    real_logits, fake_logits = d(images), d(fake.detach())
+    d_loss = F.binary_cross_entropy_with_logits(real_logits, torch.ones(n))
+    d_loss = d_loss + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros(n))
     d_grads = torch.autograd.grad(d_loss, list(d.parameters()))
     out = {f"buf.G.{k}": v for k, v in statistics_of(g).items()}
     out |= {f"buf.D.{k}": v for k, v in statistics_of(d).items()}
     # Asking for G's parameters only: D's weights get nothing from the generator's loss.
     g_loss = F.binary_cross_entropy_with_logits(d(fake), torch.ones(n))
     g_grads = torch.autograd.grad(g_loss, list(g.parameters()))
+    out |= {"metric.g_loss": g_loss.detach(), "metric.d_loss": d_loss.detach()}
+    out |= {"metric.d_real": torch.sigmoid(real_logits).mean().detach()}
+    out |= {"metric.d_fake": torch.sigmoid(fake_logits).mean().detach()}
     out |= {f"grad.D.{k}": t for (k, _), t in zip(d.named_parameters(), d_grads, strict=True)}
     out |= {f"grad.G.{k}": t for (k, _), t in zip(g.named_parameters(), g_grads, strict=True)}
     return out
 
 
-def train_plain(cfg: RunConfig, dataset, steps: Iterable[list[Unit]]) -> dict[str, torch.Tensor]:
-    """Weights after the given steps, each a list of units averaged by their image counts."""
+def train_plain(
+    cfg: RunConfig, dataset, steps: Iterable[list[Unit]], metrics: list | None = None
+) -> dict[str, torch.Tensor]:
+    """Weights after the given steps, each a list of units averaged by their image counts.
+    `metrics`, if given, receives each step's losses and D's outputs, averaged the same way."""
     g, d = build_models(cfg.model, cfg.seed)
     # Same arithmetic as the coordinator, not the same code: its fused Adam kernel, and the
     # float64 sum divided in float32. A GAN step is chaotic where a gradient is near Adam's
@@ -68,6 +75,8 @@ def train_plain(cfg: RunConfig, dataset, steps: Iterable[list[Unit]]) -> dict[st
                 sums[k] = sums.get(k, 0) + n * t.double()
             images += n
         mean = {k: s.float() / images for k, s in sums.items()}
+        if metrics is not None:
+            metrics.append({k[7:]: float(v) for k, v in mean.items() if k.startswith("metric.")})
         for prefix, net, opt in (("G", g, opt_g), ("D", d, opt_d)):
             for name, p in net.named_parameters():
                 p.grad = mean[f"grad.{prefix}.{name}"]
