@@ -39,4 +39,22 @@ lint: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 
 clean:
-	rm -rf $(VENV) build dist demo-out .pytest_cache
+	rm -rf $(VENV) build dist demo-out .pytest_cache mutants .mutation
+
+# Mutation testing (docs/testing.md), not part of `make test`: one module per run, e.g.
+# `make mutation MODULE=schedule`. Modules: aggregation screening training schedule
+# coordinator ([tool.mutmut.modules] in pyproject.toml), and sql (curated mutants of the
+# database's rules). Slow: minutes to hours per module; a rerun resumes.
+MODULE        ?= aggregation
+MUTATION_JOBS ?= 1
+# The tests' second server is the same code on PostgreSQL 15: skip it, halving each run.
+MUTATION_ENV  := env -u PYTHONPATH GANPOOL_TEST_SYSTEM_PG=postgresql://postgres@127.0.0.1:1/x
+
+.PHONY: mutation
+mutation: $(STAMP)
+	$(PIP) -e '.[mutation]'
+ifeq ($(MODULE),sql)
+	$(MUTATION_ENV) nice -n 10 $(BIN)/python tools/sql_mutants.py
+else
+	$(MUTATION_ENV) $(BIN)/python tools/mutation.py $(MODULE) --jobs $(MUTATION_JOBS) $(MUTATION_ARGS)
+endif

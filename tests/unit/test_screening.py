@@ -1,0 +1,70 @@
+"""The norm check and the payload check, without a database, on numbers worked out by hand.
+
+A norm's robust z is |log norm - median| / max(1.4826 x MAD, 0.25), over the history plus the
+step's norms. With a steady history of 1.0 the median and the MAD of the logs are 0, so the
+scale is the 0.25 floor and a norm of 1000 lies ln(1000) / 0.25 = 27.6 away."""
+
+import math
+
+import pytest
+import torch
+
+from ganpool.coordinator.screening import Screening, norm_outliers
+from ganpool.errors import PayloadError
+from ganpool.models.dcgan import build_models
+from ganpool.serialization.tensors import pack
+from ganpool.settings import load_run_config
+from ganpool.training.gradients import unit_gradients
+
+Z_1000 = math.log(1000) / 0.25
+
+
+def test_a_norm_far_from_a_steady_cohort_is_flagged_with_its_ratio_and_z():
+    out = norm_outliers([1.0] * 7, {"a": 1.0, "b": 1000.0}, z_max=12)
+    assert len(out) == 1
+    key, ratio, z = out[0]
+    assert key == "b" and ratio == pytest.approx(1000.0) and z == pytest.approx(Z_1000)
+    # The ratio is to the cohort's median norm, not to 1.
+    out = norm_outliers([2.0] * 7, {"a": 2.0, "b": 2000.0}, z_max=12)
+    assert out[0][1] == pytest.approx(1000.0)
+
+
+def test_the_limit_is_exclusive_and_the_scale_has_a_floor():
+    assert norm_outliers([1.0] * 7, {"a": 1.0, "b": 1000.0}, z_max=27.5)
+    assert not norm_outliers([1.0] * 7, {"a": 1.0, "b": 1000.0}, z_max=27.7)
+    # 1.1 is 0.095 in logs: 0.38 scales of 0.25, nothing (with no floor it would be huge).
+    assert not norm_outliers([1.0] * 8, {"a": 1.1}, z_max=1.0)
+
+
+def test_a_zero_norm_is_an_outlier():
+    out = norm_outliers([1.0] * 8, {"a": 1.0, "b": 0.0, "c": 1.0}, z_max=12)
+    assert [(k, z) for k, _, z in out] == [("b", math.inf)]
+
+
+def test_too_small_a_cohort_judges_nothing():
+    # Seven positive norms in all: one short of the minimum. Zeros do not count.
+    assert not norm_outliers([1.0] * 5 + [0.0] * 5, {"a": 1.0, "b": 1000.0}, z_max=12)
+    assert norm_outliers([1.0] * 6, {"a": 1.0, "b": 1000.0}, z_max=12)
+
+
+def test_only_a_minority_of_a_step_can_be_refused():
+    history = [1.0] * 8
+    assert not norm_outliers(history, {"a": 1000.0, "b": 1000.0, "c": 1.0}, z_max=12)
+    half = norm_outliers(history, {"a": 1000.0, "b": 1.0}, z_max=12)
+    assert [k for k, _, _ in half] == ["a"]  # exactly half is still a minority's refusal
+
+
+def test_payload_check_refuses_a_missing_or_non_finite_payload():
+    cfg = load_run_config(overrides={"nz": 16, "ngf": 8, "ndf": 8})
+    g, d = build_models(cfg.model, 0)
+    screening = Screening(1, cfg, g, d)
+    tensors = unit_gradients(g, d, torch.zeros(2, 1, 32, 32), 1, cfg.nz).tensors
+    assert set(screening.check(pack(tensors), "both")) == set(tensors)
+    with pytest.raises(PayloadError, match="no payload"):
+        screening.check(None, "both")
+    for bad in (float("nan"), float("inf")):
+        broken = dict(tensors)
+        broken["buf.D.main.3.running_var"] = broken["buf.D.main.3.running_var"].clone()
+        broken["buf.D.main.3.running_var"][0] = bad
+        with pytest.raises(PayloadError, match="NaN or infinite"):
+            screening.check(pack(broken), "both")

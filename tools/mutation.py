@@ -1,0 +1,157 @@
+"""Mutation testing, one module at a time: `make mutation MODULE=name` runs this.
+
+    python tools/mutation.py aggregation          # mutate, test, report
+    python tools/mutation.py coordinator --jobs 2
+    python tools/mutation.py aggregation --report # the report only, from the saved verdicts
+    python tools/mutation.py aggregation --survivors  # after adding tests: retry survivors
+
+Each module ([tool.mutmut.modules] in pyproject.toml) names its files, the fast tests that
+cover them and, optionally, which functions to mutate. mutmut reads one configuration per
+folder, so each module gets its own: .mutation/<module>/ holds a copy of src/ and tests/ and
+a pyproject.toml whose [tool.mutmut] is the shared settings plus the module's. Its verdicts
+stay there (in mutants/), so a rerun only tries mutants without one, and two modules can run
+side by side. The report, .mutation/<module>/report.md, lists every mutant not killed with
+its diff.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MUTMUT = str(Path(sys.executable).with_name("mutmut"))
+
+
+def settings() -> tuple[dict, dict]:
+    """(shared [tool.mutmut] settings, the modules)."""
+    table = dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"])
+    return table, table.pop("modules")
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(value)
+
+
+def prepare(name: str, module: dict, shared: dict) -> Path:
+    """The module's folder, with today's sources and tests and its own configuration."""
+    work = ROOT / ".mutation" / name
+    work.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("src", "tests"):
+        shutil.copytree(ROOT / folder, work / folder, dirs_exist_ok=True, ignore=ignore)
+        # mutmut copies files it does not mutate only once: keep its copies current too.
+        if (work / "mutants" / folder).exists():
+            for path in (ROOT / folder).rglob("*"):
+                rel = path.relative_to(ROOT)
+                fresh = path.is_file() and "__pycache__" not in rel.parts
+                if fresh and str(rel) not in module["files"]:
+                    (work / "mutants" / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, work / "mutants" / rel)
+    config = shared | {
+        "source_paths": ["src/"],
+        "only_mutate": module["files"],
+        "pytest_add_cli_args_test_selection": module["tests"],
+        "use_git_change_detection": False,
+    }
+    project = (ROOT / "pyproject.toml").read_text()
+    project = re.sub(r"(?ms)^\[tool\.mutmut[^\n]*\n.*?(?=^\[(?!tool\.mutmut)|\Z)", "", project)
+    lines = ["[tool.mutmut]"] + [f"{k} = {toml_value(v)}" for k, v in config.items()]
+    (work / "pyproject.toml").write_text(project.rstrip() + "\n\n" + "\n".join(lines) + "\n")
+    return work
+
+
+def run(work: Path, module: dict, jobs: int, names: list[str]) -> int:
+    """mutmut on the module. Named mutants are tried again even with a verdict; without
+    names, only mutants that have none are tried (a rerun resumes)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    names = names or module.get("functions", [])
+    cmd = ["nice", "-n", "10", MUTMUT, "run", "--max-children", str(jobs), *names]
+    return subprocess.run(cmd, cwd=work, env=env).returncode
+
+
+def prefixes(module: dict) -> list[str]:
+    """Mutant name prefixes of the module's files: src/ganpool/a/b.py -> ganpool.a.b."""
+    return [
+        f.removeprefix("src/").removesuffix(".py").replace("/", ".") + "." for f in module["files"]
+    ]
+
+
+def verdicts(work: Path, module: dict) -> dict[str, str]:
+    """mutant name -> status, for the module's mutants."""
+    listing = subprocess.run(
+        [MUTMUT, "results", "--all", "true"], cwd=work, capture_output=True, text=True
+    ).stdout
+    patterns = module.get("functions") or [f"{p}*" for p in prefixes(module)]
+    found = {}
+    for line in listing.splitlines():
+        mutant, sep, status = line.strip().rpartition(": ")
+        if sep and any(fnmatch.fnmatchcase(mutant, p) for p in patterns):
+            found[mutant] = status
+    return found
+
+
+def report(name: str, work: Path, module: dict) -> str:
+    found = verdicts(work, module)
+    counts = Counter(found.values())
+    ran = sum(n for status, n in counts.items() if status not in ("not checked", "skipped"))
+    killed = counts["killed"] + counts["timeout"]
+    rate = f"{killed / ran:.0%}" if ran else "n/a"
+    summary = f"{name}: {killed} of {ran} mutants killed ({rate}); " + ", ".join(
+        f"{status} {n}" for status, n in sorted(counts.items())
+    )
+    lines = [f"# Mutation report: {summary}", ""]
+    for mutant, status in sorted(found.items()):
+        if status in ("killed", "timeout", "not checked"):
+            continue
+        diff = subprocess.run(
+            [MUTMUT, "show", mutant], cwd=work, capture_output=True, text=True
+        ).stdout
+        lines += [f"## {mutant}: {status}", "", "```diff", diff.strip(), "```", ""]
+    (work / "report.md").write_text("\n".join(lines))
+    return summary
+
+
+def main() -> int:
+    shared, modules = settings()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("module", choices=sorted(modules))
+    parser.add_argument("--jobs", type=int, default=1, help="mutants tested at once")
+    parser.add_argument("--report", action="store_true", help="only write the report")
+    parser.add_argument(
+        "--survivors", action="store_true", help="try survivors and timeouts again (new tests)"
+    )
+    args = parser.parse_args()
+    module = modules[args.module]
+    work = ROOT / ".mutation" / args.module
+    if not args.report:
+        names = []
+        if args.survivors:
+            alive = ("survived", "no tests", "suspicious", "timeout")
+            names = [m for m, status in verdicts(work, module).items() if status in alive]
+            if not names:
+                print("no survivors to try again")
+        work = prepare(args.module, module, shared)
+        if names or not args.survivors:
+            run(work, module, args.jobs, names)
+    print(report(args.module, work, module))
+    print(f"survivors and their diffs: {work / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
