@@ -224,8 +224,12 @@ def cmd_status(args) -> int:
     )
     print(
         f"units applied {s['units_applied']}, rejected {s['units_rejected']}, "
-        f"reissued {s['units_reissued']}"
+        f"reissued {s['units_reissued']}, backup copies {s['units_copied']}, "
+        f"quarantined {s['units_quarantined']}"
     )
+    for u in store.all("quarantined_units", run_id=run.id, limit=20):
+        bad = ", ".join(map(str, u["bad_images"] or [])) or "not named"
+        print(f"quarantined unit {u['id']} (bad images: {bad}): {u['reason']}")
     board = store.all("leaderboard", run_id=run.id)
     if board:
         print(f"\n{'worker':<24} {'images':>8} {'units':>6} {'rejected':>8}")

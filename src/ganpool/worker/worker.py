@@ -21,6 +21,11 @@ of functions, each one transaction (migration 0002): `ganpool_register`,
      computes. The database records the result and completes the unit in one transaction,
      or refuses with a reason (stale, lease lost, run ended) that the worker reports.
    A heartbeat thread extends the lease of every unit the worker holds.
+   Notifications are hints (anyone connected may send one): an idle worker claims at most
+   once per MIN_IDLE_CLAIM_S however many arrive.
+   A unit whose images do not decode is reported (`ganpool_report_failure`) and given back
+   instead of crashing the worker; the coordinator sets aside a unit several students
+   could not compute.
 3. On Ctrl-C or SIGTERM: leave, which releases claimed units at once. When the run
    finishes or stops, exit cleanly.
 """
@@ -52,6 +57,8 @@ from ganpool.training.gradients import result_manifest, unit_gradients
 from ganpool.training.state import load_weights, reset_buffers, weights_of
 
 log = logging.getLogger(__name__)
+
+MIN_IDLE_CLAIM_S = 0.1  # an idle worker claims at most 10 times a second, whatever wakes it
 
 
 @dataclass
@@ -186,6 +193,8 @@ class Worker:
         self._recent_compute_s: deque[float] = deque([1.0], maxlen=4)
         self._seen_rejection = 0
         self._standing_version = -1
+        self.claims = 0  # claim calls made (the NOTIFY-flood test reads it)
+        self.failed_units = 0  # units given back because their images would not load
 
     def stop(self) -> None:
         """Ask the worker to end after the current unit (signal handlers call this)."""
@@ -324,6 +333,7 @@ class Worker:
                     if self._stopping.is_set():
                         return
                     t0 = time.monotonic()
+                    self.claims += 1
                     unit = store.one("claim_unit", worker_id=self.worker_id)
                     if unit is None:  # nothing pending, or the run is not running
                         state = store.one("run_state", run_id=self.run.id)
@@ -334,6 +344,12 @@ class Worker:
                             return
                         # Nothing to do: sleep until the coordinator publishes, poll_s at most.
                         for _ in listener.notifies(timeout=self.poll_s, stop_after=1):
+                            pass
+                        # A notification is only a hint: a flood of them (anyone may send
+                        # one) must not turn into a flood of claims. One claim per
+                        # MIN_IDLE_CLAIM_S at most; what queued meanwhile is one wake-up.
+                        time.sleep(max(0.0, MIN_IDLE_CLAIM_S - (time.monotonic() - t0)))
+                        for _ in listener.notifies(timeout=0):
                             pass
                         continue
                     self._hold(unit, True)
@@ -361,7 +377,9 @@ class Worker:
                         weights = (unit["version"], tensors)
                     real = None
                     if unit["phase"] != "G":  # a G-phase unit: the same noise, no images
-                        real = self.dataset.batch(unit["indices"])
+                        real = self._load_images(store, unit)
+                        if real is None:
+                            continue  # reported and given back
                         if self.pin:
                             real = real.pin_memory()
                     self._prepare_s = 0.7 * self._prepare_s + 0.3 * (time.monotonic() - t0)
@@ -374,6 +392,38 @@ class Worker:
                 for conn in (store.conn if store else None, listener):
                     if conn is not None:
                         conn.close()
+
+    def _load_images(self, store: Store, unit: dict) -> torch.Tensor | None:
+        """The unit's images; None when one does not decode: then the unit is reported as
+        one this worker cannot compute (naming the image), and given back, rather than
+        crashing the worker and leaving the unit to crash the next one."""
+        try:
+            return self.dataset.batch(unit["indices"])
+        except CONNECTION_ERRORS:
+            raise
+        except Exception as e:
+            bad, reason = None, f"{type(e).__name__}: {e}"
+            for i in unit["indices"]:  # which image? (a unit has a few dozen)
+                try:
+                    self.dataset.batch([i])
+                except CONNECTION_ERRORS:
+                    raise
+                except Exception as one:
+                    bad, reason = i, f"image {i}: {type(one).__name__}: {one}"
+                    break
+        log.warning("cannot compute unit %d, reporting it: %s", unit["unit_id"], reason)
+        store.one(
+            "report_failure",
+            worker_id=self.worker_id,
+            unit_id=unit["unit_id"],
+            attempt=unit["attempt"],
+            image_index=bad,
+            reason=reason[:300],
+        )
+        self._hold(unit, False)
+        self.failed_units += 1
+        self.progress.last_message = f"unit {unit['unit_id']} given back: {reason}"
+        return None
 
     def _wait_for_turn(self) -> None:
         """Return when the compute thread has nothing in hand, or will be done with its one
