@@ -122,15 +122,18 @@ RETURNING id;
 -- within a family of copies), locked.
 SELECT r.id, r.unit_id, r.worker_id, r.samples, r.g_loss, r.d_loss, r.d_real, r.d_fake,
        u.epoch, u.indices, u.twin_of, u.phase, coalesce(u.backup_of, u.id) AS family,
-       coalesce(u.seq, b.seq, t.seq, p.seq, tp.seq) AS seq
+       coalesce(u.seq, b.seq, t.seq, p.seq, pb.seq, tp.seq, tpb.seq) AS seq
 FROM results AS r
 JOIN work_units AS u ON u.id = r.unit_id
-LEFT JOIN work_units AS b ON b.id = u.backup_of
-LEFT JOIN work_units AS t ON t.id = u.twin_of
-LEFT JOIN work_units AS p ON p.id = u.phase_of
+LEFT JOIN work_units AS b ON b.id = u.backup_of      -- a copy: its unit's
+LEFT JOIN work_units AS t ON t.id = u.twin_of        -- a twin: its original's
+LEFT JOIN work_units AS p ON p.id = u.phase_of       -- a G unit: its D unit's ...
+LEFT JOIN work_units AS pb ON pb.id = p.backup_of    -- ... or the unit that D unit copied
 LEFT JOIN work_units AS tp ON tp.id = t.phase_of
+LEFT JOIN work_units AS tpb ON tpb.id = tp.backup_of
 WHERE r.run_id = %(run_id)s AND r.version = %(version)s AND r.status = 'submitted'
-ORDER BY coalesce(u.seq, b.seq, t.seq, p.seq, tp.seq), u.twin_of NULLS FIRST, r.id
+ORDER BY coalesce(u.seq, b.seq, t.seq, p.seq, pb.seq, tp.seq, tpb.seq), u.twin_of NULLS FIRST,
+         r.id
 -- A row a student holds locked is left for a later tick rather than waited for.
 FOR UPDATE OF r, u SKIP LOCKED;
 
@@ -224,13 +227,14 @@ COPY version_weights (run_id, version, weights) FROM STDIN (FORMAT BINARY);
 
 -- replay_contributions --
 -- The results that formed a version, in the order the step took them (for a replay).
-SELECT c.result_id AS id, c.samples, u.phase, coalesce(u.seq, b.seq, p.seq) AS seq
+SELECT c.result_id AS id, c.samples, u.phase, coalesce(u.seq, b.seq, p.seq, pb.seq) AS seq
 FROM version_contributions AS c
 JOIN work_units AS u ON u.id = c.unit_id
 LEFT JOIN work_units AS b ON b.id = u.backup_of
 LEFT JOIN work_units AS p ON p.id = u.phase_of
+LEFT JOIN work_units AS pb ON pb.id = p.backup_of
 WHERE c.run_id = %(run_id)s AND c.version = %(version)s
-ORDER BY coalesce(u.seq, b.seq, p.seq), c.result_id;
+ORDER BY coalesce(u.seq, b.seq, p.seq, pb.seq), c.result_id;
 
 -- delete_checkpointed_payloads --
 -- Applied results are kept until a checkpoint holds their effect; then they can go.
