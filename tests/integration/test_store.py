@@ -15,6 +15,7 @@ def test_migrate_is_idempotent_and_recorded(empty_db):
         "0003_quality",
         "0004_dataset_images",
         "0005_performance",
+        "0007_backup_units",
     ]
     assert migrate(conn) == []
     check_schema(conn)
