@@ -238,10 +238,12 @@ def cmd_status(args) -> int:
     metrics = store.all("recent_metrics", run_id=run.id, limit=5)
     if metrics:
         print(f"\n{'step':>6} {'G loss':>8} {'D loss':>8} {'D(x)':>6} {'D(G(z))':>8}")
-        for m in metrics:
+        for m in metrics:  # a phase of the alternating rule computes some losses only
+            cell = {k: "-" if m[k] is None else f"{m[k]:.3f}" for k in ("g_loss", "d_loss")}
+            cell |= {k: "-" if m[k] is None else f"{m[k]:.2f}" for k in ("d_real", "d_fake")}
             print(
-                f"{m['step']:>6} {m['g_loss']:>8.3f} {m['d_loss']:>8.3f} {m['d_real']:>6.2f} "
-                f"{m['d_fake']:>8.2f}"
+                f"{m['step']:>6} {cell['g_loss']:>8} {cell['d_loss']:>8} {cell['d_real']:>6} "
+                f"{cell['d_fake']:>8}"
             )
     return 0
 

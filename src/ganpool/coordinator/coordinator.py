@@ -692,6 +692,7 @@ class Coordinator:
             self.cfg.seed,
             self.run.dataset_size,
             run["units_issued"],
+            frozenset(r["idx"] for r in self.store.all("quarantined_images", run_id=self.run.id)),
         )
         for e in epochs:
             if e.epoch not in before:
@@ -705,6 +706,10 @@ class Coordinator:
                 cursor=e.cursor,
                 returned=e.returned,
             )
+            if e.skipped:  # quarantined images met again: done for this epoch, not trained
+                self.store.execute(
+                    "quarantine_images", run_id=self.run.id, epoch=e.epoch, images=e.skipped
+                )
         for u in units:
             unit_id = self.store.one(
                 "insert_unit",

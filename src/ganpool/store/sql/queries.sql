@@ -812,3 +812,9 @@ WHERE id IN (SELECT id FROM work_units
                AND created_at < now() - make_interval(secs => %(after_s)s)
              FOR UPDATE SKIP LOCKED)
 RETURNING id;
+
+-- quarantined_images --
+-- Images named bad by the workers of a quarantined unit: never handed out again.
+SELECT DISTINCT f.image_index AS idx
+FROM unit_failures AS f JOIN work_units AS u ON u.id = f.family_id
+WHERE f.run_id = %(run_id)s AND u.state = 'quarantined' AND f.image_index IS NOT NULL;
