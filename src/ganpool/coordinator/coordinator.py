@@ -60,7 +60,7 @@ from ganpool.protocol.schedule import EpochState, plan_units, sample_seed, spot_
 from ganpool.runs import Run
 from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.store import Store, connect
-from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff
+from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff, Pace
 from ganpool.training.gradients import float_buffers
 from ganpool.training.state import TrainingState, WeightedMean
 
@@ -73,7 +73,7 @@ PHASES = ("both", "D", "G")
 NORM_HISTORY = 64  # accepted gradient norms remembered for the norm check
 MAX_COPIES = 4  # backup or reissued copies of one unit, at most
 BACKUP_MIN_S = 1.0  # never copy a unit held for less than this
-MIN_TICK_S = 0.01  # a flood of notifications (anyone may NOTIFY) cannot spin the loop faster
+TICKS_PER_S = 100.0  # a flood of notifications (anyone may NOTIFY) cannot spin the loop faster
 
 
 @dataclass
@@ -231,8 +231,8 @@ class Coordinator:
                     listener = connect(self.dsn)
                     Store(listener).execute("listen_results")
                     backoff.reset()
+                    pace = Pace(TICKS_PER_S)
                     while not should_stop():
-                        woke = time.monotonic()
                         self.timeline.append((time.time(), "woke", self.version))
                         self._collect()
                         self.timeline.append((time.time(), "collected", self.version))
@@ -241,8 +241,8 @@ class Coordinator:
                         for _ in listener.notifies(timeout=self.poll_s, stop_after=1):
                             pass
                         # Notifications are hints, and anyone may send them: however many
-                        # arrive, one pass per MIN_TICK_S at most, and a backlog is one wake.
-                        time.sleep(max(0.0, MIN_TICK_S - (time.monotonic() - woke)))
+                        # arrive, TICKS_PER_S passes a second at most, a backlog is one wake.
+                        pace.wait()
                         for _ in listener.notifies(timeout=0):
                             pass
                     return
@@ -372,10 +372,10 @@ class Coordinator:
             # Every G unit was refused by every student that could take it: step without
             # G rather than wait for good (the alternating rule then carries on with D).
             log.warning("version %d: every G-phase unit was refused; skipping G's step", v)
-            self._step(v, allow_empty=True)
+            self._step(v, needed=0)
             run = self.store.one("lock_run", run_id=self.run.id)
         elif waiting["n"] > 0 and (enough or past_deadline):
-            self._step(v)
+            self._step(v, needed=1 if past_deadline else needed)
             run = self.store.one("lock_run", run_id=self.run.id)
             if self._limit_reached(run):
                 self._finish()
@@ -537,13 +537,21 @@ class Coordinator:
             self._packers[kind] = Packer(manifest_of(tensors))
         return self._packers[kind].pack(tensors)
 
-    def _step(self, v: int, allow_empty: bool = False) -> None:
+    def _step(self, v: int, needed: int) -> None:
+        """Screen and apply the version's results, if `needed` units' results are there
+        (0: a G phase refused everywhere, republished as it is)."""
         t0 = time.perf_counter()
         rows = self.store.all("waiting_results", run_id=self.run.id, version=v)
+        # Rows a student holds locked were skipped: never step on fewer results than the
+        # count promised (a robust rule counts on its majority). The next tick tries again.
+        got = len({r["family"] for r in rows if r["twin_of"] is None})
+        if got < needed:
+            log.info("version %d: %d of %d results free to lock; stepping later", v, got, needed)
+            return
         accepted, rejected = self.screening.screen(
             self.store, rows, self._arrived, self._prior_buffers()
         )
-        if not accepted and not allow_empty:
+        if not accepted and needed:
             return  # every result was refused: the units are reissued to other students
         if not accepted:
             pass  # nothing to apply: the version is republished as it is

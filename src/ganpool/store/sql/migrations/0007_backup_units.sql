@@ -167,6 +167,14 @@ BEGIN
         WHERE c.run_id = w.run_id AND c.state = 'pending' AND r.status = 'running'
           -- copies of a unit, and the two halves of a spot check, go to different students
           AND NOT ganpool_touched(c, v_key)
+          -- under a robust rule, a copy goes only to a student with no other unit in its
+          -- step: backups never give one student two of a step's results
+          AND (c.backup_of IS NULL OR r.config ->> 'aggregation' = 'mean'
+               OR NOT EXISTS (SELECT 1 FROM work_units AS m JOIN workers AS o
+                              ON o.id = m.worker_id
+                              WHERE m.run_id = c.run_id AND m.version = c.version
+                                AND m.state IN ('claimed', 'submitted', 'applied')
+                                AND ganpool_worker_key(o) = v_key))
         ORDER BY c.seq, c.id
         LIMIT 1
         FOR UPDATE OF c SKIP LOCKED
