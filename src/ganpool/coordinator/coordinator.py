@@ -238,13 +238,13 @@ class Coordinator:
                         self.timeline.append((time.time(), "collected", self.version))
                         if self.tick():
                             return
-                        for _ in listener.notifies(timeout=self.poll_s, stop_after=1):
-                            pass
-                        # Notifications are hints, and anyone may send them: however many
-                        # arrive, TICKS_PER_S passes a second at most, a backlog is one wake.
-                        pace.wait()
-                        for _ in listener.notifies(timeout=0):
-                            pass
+                        if any(listener.notifies(timeout=self.poll_s, stop_after=1)):
+                            # Notifications are hints, and anyone may send them: however
+                            # many arrive, TICKS_PER_S passes a second at most, and a
+                            # backlog is one wake-up.
+                            pace.wait()
+                            for _ in listener.notifies(timeout=0):
+                                pass
                     return
                 except CONNECTION_ERRORS as e:
                     self.store.close()

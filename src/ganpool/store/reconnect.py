@@ -52,6 +52,10 @@ class Pace:
         self.tokens = burst
         self.at = time.monotonic()
 
+    def reset(self) -> None:
+        """Something real happened (a unit was claimed): the next wake-ups are free again."""
+        self.tokens = self.burst
+
     def wait(self) -> None:
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)

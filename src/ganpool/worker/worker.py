@@ -21,8 +21,9 @@ of functions, each one transaction (migration 0002): `ganpool_register`,
      computes. The database records the result and completes the unit in one transaction,
      or refuses with a reason (stale, lease lost, run ended) that the worker reports.
    A heartbeat thread extends the lease of every unit the worker holds.
-   Notifications are hints (anyone connected may send one): an idle worker claims at most
-   IDLE_CLAIMS_PER_S times a second on average however many arrive.
+   Notifications are hints (anyone connected may send one): once a worker's claims have come
+   back empty three times in a row, it claims at most IDLE_CLAIMS_PER_S times a second,
+   however many notifications arrive.
    A unit whose images do not decode is reported (`ganpool_report_failure`) and given back
    instead of crashing the worker; the coordinator sets aside a unit several students
    could not compute.
@@ -58,7 +59,9 @@ from ganpool.training.state import load_weights, reset_buffers, weights_of
 
 log = logging.getLogger(__name__)
 
-IDLE_CLAIMS_PER_S = 10.0  # an idle worker's claims, whatever wakes it (a burst of 3 at once)
+# An idle worker's empty claims, whatever wakes it: 3 in a row at once after it last found
+# work, then 10 a second.
+IDLE_CLAIMS_PER_S = 10.0
 
 
 @dataclass
@@ -346,16 +349,17 @@ class Worker:
                             _offer(self._ready, _END)
                             return
                         # Nothing to do: sleep until the coordinator publishes, poll_s at most.
-                        for _ in listener.notifies(timeout=self.poll_s, stop_after=1):
-                            pass
-                        # A notification is only a hint: a flood of them (anyone may send
-                        # one) must not turn into a flood of claims. What queued meanwhile
-                        # is one wake-up.
-                        pace.wait()
-                        for _ in listener.notifies(timeout=0):
-                            pass
+                        notified = any(listener.notifies(timeout=self.poll_s, stop_after=1))
+                        if notified:
+                            # A notification is only a hint: a flood of them (anyone may send
+                            # one) must not turn into a flood of claims. What queued
+                            # meanwhile is one wake-up.
+                            pace.wait()
+                            for _ in listener.notifies(timeout=0):
+                                pass
                         continue
                     self._hold(unit, True)
+                    pace.reset()  # found work: the next wake-up is not held back
                     self.timeline.append((time.time(), "claimed", unit["version"], unit["unit_id"]))
                     if weights is None or weights[0] != unit["version"]:
                         blob = store.copy_out_blob(
