@@ -14,6 +14,7 @@ import pytest
 from ganpool.store import Store, connect
 from ganpool.store.queries import named_queries
 from ganpool.store.submission import submission
+from ganpool.worker import Worker
 from tests.helpers import make_run
 from tests.security.classroom import LiveClass, Logins, Student, report
 
@@ -132,7 +133,10 @@ def test_an_open_transaction_of_foreign_calls_locks_nothing(embedded_db, logins,
 def test_a_notify_flood_does_not_drive_claims_or_stop_the_class(embedded_db, logins, capsys):
     run = _live_run(embedded_db, "flood", lease_s=5.0)
     live = LiveClass(embedded_db, run, honest=2)
-    idle = live.workers[0]
+    # A worker with nothing to do (its run is not started): every claim it makes is empty.
+    idle = Worker(embedded_db, _live_run(embedded_db, "idle"), "idle", device="cpu", poll_s=0.1)
+    live.workers.append(idle)
+    live.threads.start(idle.serve)
     stop = threading.Event()
     sent = [0]
     join = logins.add("flood")
@@ -146,8 +150,7 @@ def test_a_notify_flood_does_not_drive_claims_or_stop_the_class(embedded_db, log
     try:
         live.wait_version(4)
         before = live.rate(BASELINE_S)
-        claims_before = sum(w.claims for w in live.workers)
-        empty_before = sum(w.empty_claims for w in live.workers)
+        counts = [(w.claims, w.empty_claims) for w in live.workers]
         flooders = [
             threading.Thread(target=flood, args=(ch,), daemon=True)
             for ch in ("ganpool_version", "ganpool_results")
@@ -157,24 +160,27 @@ def test_a_notify_flood_does_not_drive_claims_or_stop_the_class(embedded_db, log
         t0 = time.monotonic()
         during = live.rate(ATTACK_S)
         elapsed = time.monotonic() - t0
-        claims = sum(w.claims for w in live.workers) - claims_before
-        empty = sum(w.empty_claims for w in live.workers) - empty_before
+        rates = [
+            ((w.claims - c) / elapsed, (w.empty_claims - e) / elapsed)
+            for w, (c, e) in zip(live.workers, counts, strict=True)
+        ]
         stop.set()
         for t in flooders:
             t.join(10)
         rate_sent = sent[0] / elapsed
         assert rate_sent > 500, rate_sent  # the flood was a flood
-        # Each worker claims for the work it gets, plus at most 10 empty claims a second
-        # (and a burst of 3); unthrottled, the flood drove an idle worker to hundreds.
-        per_worker = claims / len(live.workers) / elapsed
-        empty_per_worker = empty / len(live.workers) / elapsed
-        assert empty_per_worker <= 10 + 3 / elapsed, empty_per_worker
+        # The idle worker: at most 10 claims a second (and a burst of 3), where the flood
+        # used to drive it to hundreds. The working ones: 3 empty claims at once after each
+        # unit they found, then 10 a second.
+        idle_rate = rates[-1][0]
+        assert 0 < idle_rate <= 10 + 3 / elapsed, idle_rate
+        for total, empty in rates[:-1]:
+            assert empty <= 10 + 3 * (total - empty) + 3 / elapsed, (total, empty)
         assert during > 0, "the class stopped under the flood"
-        assert idle.claims > 0
         report(
             capsys,
-            f"NOTIFY flood ({rate_sent:.0f}/s on both channels), {per_worker:.1f} claims/s "
-            f"per worker ({empty_per_worker:.1f} empty)",
+            f"NOTIFY flood ({rate_sent:.0f}/s on both channels), idle worker {idle_rate:.1f} "
+            f"claims/s, working ones {rates[0][0]:.1f} and {rates[1][0]:.1f}",
             before,
             during,
         )
