@@ -68,22 +68,34 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, public, pg_temp AS $$
 $$;
 
 -- Whether the student (or worker) `p_key` has held, computed, or failed on a unit related
--- to c: its family (copies of one unit) or the spot-check pair it belongs to.
+-- to c: its family (copies of one unit) or the spot-check pair it belongs to. Each lookup
+-- is its own indexed probe (an OR of them is served by no index), and plpgsql keeps the
+-- plans: the claim calls this for each candidate it looks at.
 CREATE FUNCTION ganpool_touched(c work_units, p_key text) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, public, pg_temp AS $$
-    WITH related AS (
-        SELECT m.id, m.worker_id FROM work_units AS m
-        WHERE m.id = coalesce(c.backup_of, c.id) OR m.backup_of = coalesce(c.backup_of, c.id)
-           OR m.id = c.twin_of OR m.backup_of = c.twin_of
-           OR m.twin_of = coalesce(c.backup_of, c.id)
-    )
-    SELECT EXISTS (SELECT 1 FROM related AS r JOIN workers AS w ON w.id = r.worker_id
-                   WHERE ganpool_worker_key(w) = p_key)
-        OR EXISTS (SELECT 1 FROM related AS r JOIN results AS x ON x.unit_id = r.id
-                   JOIN workers AS w ON w.id = x.worker_id
-                   WHERE ganpool_worker_key(w) = p_key)
-        OR EXISTS (SELECT 1 FROM unit_failures AS f
-                   WHERE f.family_id = coalesce(c.backup_of, c.id) AND f.who = p_key)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    v_family bigint := coalesce(c.backup_of, c.id);
+BEGIN
+    RETURN EXISTS (
+        WITH related AS (
+            SELECT m.id, m.worker_id FROM work_units AS m WHERE m.id = v_family
+            UNION ALL
+            SELECT m.id, m.worker_id FROM work_units AS m WHERE m.backup_of = v_family
+            UNION ALL
+            SELECT m.id, m.worker_id FROM work_units AS m WHERE m.twin_of = v_family
+            UNION ALL
+            SELECT m.id, m.worker_id FROM work_units AS m WHERE m.id = c.twin_of
+            UNION ALL
+            SELECT m.id, m.worker_id FROM work_units AS m WHERE m.backup_of = c.twin_of
+        )
+        SELECT 1 FROM related AS r
+        WHERE EXISTS (SELECT 1 FROM workers AS w
+                      WHERE w.id = r.worker_id AND ganpool_worker_key(w) = p_key)
+           OR EXISTS (SELECT 1 FROM results AS x JOIN workers AS w ON w.id = x.worker_id
+                      WHERE x.unit_id = r.id AND ganpool_worker_key(w) = p_key)
+    ) OR EXISTS (SELECT 1 FROM unit_failures AS f
+                 WHERE f.family_id = v_family AND f.who = p_key);
+END;
 $$;
 
 -- The longest a worker may hold one unit, heartbeats included: `hold_factor` times its own
@@ -175,8 +187,8 @@ BEGIN
                               WHERE m.run_id = c.run_id AND m.version = c.version
                                 AND m.state IN ('claimed', 'submitted', 'applied')
                                 AND ganpool_worker_key(o) = v_key))
-        ORDER BY c.seq, c.id
-        LIMIT 1
+        ORDER BY c.seq  -- the pending index's order: candidates are checked lazily (copies,
+        LIMIT 1         -- whose seq is NULL, come last)
         FOR UPDATE OF c SKIP LOCKED
     )
     RETURNING u.id, u.version, u.indices, u.noise_seed, u.attempt, u.phase;
