@@ -365,8 +365,12 @@ def cmd_status(args) -> int:
     )
     print(
         f"units applied {s['units_applied']}, rejected {s['units_rejected']}, "
-        f"reissued {s['units_reissued']}"
+        f"reissued {s['units_reissued']}, backup copies {s['units_copied']}, "
+        f"quarantined {s['units_quarantined']}"
     )
+    for u in store.all("quarantined_units", run_id=run.id, limit=20):
+        bad = ", ".join(map(str, u["bad_images"] or [])) or "not named"
+        print(f"quarantined unit {u['id']} (bad images: {bad}): {u['reason']}")
     board = store.all("leaderboard", run_id=run.id)
     if board:
         print(f"\n{'worker':<24} {'images':>8} {'units':>6} {'rejected':>8}")
@@ -375,7 +379,7 @@ def cmd_status(args) -> int:
     metrics = store.all("recent_metrics", run_id=run.id, limit=5, per_step=cfg.versions_per_step)
     if metrics:
         print(f"\n{'step':>6} {'G loss':>8} {'D loss':>8} {'D(x)':>6} {'D(G(z))':>8}")
-        for m in metrics:
+        for m in metrics:  # a phase of the alternating rule computes some losses only
             print(
                 f"{m['step']:>6} {_fmt(m['g_loss'], '>8.3f')} {_fmt(m['d_loss'], '>8.3f')} "
                 f"{_fmt(m['d_real'], '>6.2f')} {_fmt(m['d_fake'], '>8.2f')}"

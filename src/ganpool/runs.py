@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from ganpool.data.datasets import Dataset
+from ganpool.data.datasets import Dataset, check_images
 from ganpool.errors import GanpoolError
 from ganpool.models.dcgan import build_models
 from ganpool.settings import RunConfig
@@ -36,6 +36,7 @@ class Run:
 
 
 def create_run(store: Store, name: str, cfg: RunConfig, dataset: Dataset) -> Run:
+    check_images(dataset)  # a file no worker could decode is named now, not mid-run
     if not cfg.max_payload_bytes:  # the database enforces it at submission: store it explicit
         g, d = build_models(cfg.model, cfg.seed)
         cfg = cfg.replace(max_payload_bytes=payload_limit(result_manifest(g, d)))

@@ -41,6 +41,15 @@ class RunConfig:
     step_deadline_s: float = 0.0  # step with >= 1 result after this long; 0 = wait for N
     lease_s: float = 60.0  # a claim lasts this long unless the worker heartbeats
     staleness: str = "reject"  # what happens to a result computed on an older version
+    # Stragglers (MapReduce's backup tasks): a unit held longer than this many times the
+    # run's recent time per unit gets a copy for an idle worker of another student; the
+    # first valid result is applied. 0 = off.
+    backup_after: float = 3.0
+    max_units_per_student: int = 4  # units one student login holds at once, all workers
+    # A heartbeat extends a lease up to this many times the worker's own recent time per
+    # unit (never below lease_s): a claimed-and-never-computed unit is not kept forever.
+    hold_factor: float = 10.0
+    quarantine_after: int = 2  # set a unit aside when this many students cannot compute it
     # "alternating" (the paper's loop, in distributed form: a D phase, then a G phase through
     # the new D) or "simultaneous" (both gradients on one version: half the round trips).
     # The default is the rule that trained better at equal images (docs/quality.md).
@@ -167,6 +176,15 @@ def validate(c: RunConfig) -> None:
     )
     _check(c.step_deadline_s >= 0, "step_deadline_s", c.step_deadline_s, "must be >= 0")
     _check(c.lease_s >= 1, "lease_s", c.lease_s, "must be at least 1 second")
+    _check(c.backup_after >= 0, "backup_after", c.backup_after, "must be >= 0 (0 = no backups)")
+    _check(
+        1 <= c.max_units_per_student <= 1000,
+        "max_units_per_student",
+        c.max_units_per_student,
+        "must be between 1 and 1000",
+    )
+    _check(c.hold_factor >= 1, "hold_factor", c.hold_factor, "must be >= 1")
+    _check(c.quarantine_after >= 1, "quarantine_after", c.quarantine_after, "must be >= 1")
     _check(
         c.update_rule in ("simultaneous", "alternating"),
         "update_rule",
@@ -190,6 +208,15 @@ def validate(c: RunConfig) -> None:
     _check(c.norm_z_max >= 0, "norm_z_max", c.norm_z_max, "must be >= 0 (0 turns the check off)")
     _check(c.transport in TRANSPORTS, "transport", c.transport, f"one of {TRANSPORTS}")
     _check(c.aggregation in AGGREGATIONS, "aggregation", c.aggregation, f"one of {AGGREGATIONS}")
+    # With fewer than three results a step has no majority: the median, a trimmed mean and
+    # a clip at a multiple of the median norm all come down to the plain mean.
+    _check(
+        c.aggregation == "mean" or c.results_per_step >= 3,
+        "aggregation",
+        c.aggregation,
+        f"needs results_per_step >= 3 (it is {c.results_per_step}): with fewer results the "
+        "robust rules reduce to the mean and stop nothing",
+    )
     _check(0 <= c.trim_fraction < 0.5, "trim_fraction", c.trim_fraction, "must be in [0, 0.5)")
     _check(c.clip_factor > 0, "clip_factor", c.clip_factor, "must be > 0")
     for name in (

@@ -109,10 +109,13 @@ class Cluster:
         return self.query(
             "SELECT"
             " (SELECT coalesce(sum(reissued), 0) FROM work_units WHERE run_id = %s) AS reissued,"
+            " (SELECT count(*) FROM work_units WHERE run_id = %s AND backup_of IS NOT NULL)"
+            "  AS copies,"
             " (SELECT count(*) FROM rejections"
             "  WHERE run_id = %s AND reason LIKE 'stale%%') AS stale,"
             " (SELECT count(*) FROM rejections"
             "  WHERE run_id = %s AND reason LIKE 'lease lost%%') AS lease_lost",
+            self.run.id,
             self.run.id,
             self.run.id,
             self.run.id,

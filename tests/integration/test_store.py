@@ -17,6 +17,7 @@ def test_migrate_is_idempotent_and_recorded(empty_db):
         "0005_performance",
         "0006_class_schema",
         "0007_class_tools",
+        "0008_backup_units",
     ]
     assert migrate(conn) == []
     check_schema(conn)

@@ -11,8 +11,14 @@ Protocol (see docs/protocol.md). Rows each party writes, and in which transactio
   `ganpool_results`, in one transaction.
 * Between ticks, results of the current version are read and checked as they land, and
   (under the mean rule) folded into a running sum, so a step only waits for the last one.
-* Each tick, in ONE transaction holding the run's row lock:
-    1. put units whose lease expired back to 'pending' (they are reissued as they are);
+* Each tick, in ONE transaction holding the run's row lock, never waiting on a student:
+  rows a student may hold locked (a stalled upload, an open transaction) are skipped
+  (`SKIP LOCKED`) and seen on a later tick, and `lock_timeout` rolls back a tick that would
+  wait anyway (it is simply tried again):
+    1. put units whose lease expired back to 'pending' (they are reissued as they are); set
+       aside units that several students could not compute (poison units); give a unit held
+       past the backup threshold a copy for an idle worker of another student, reissue a
+       unit whose every result was refused, and return the images of units out of play;
     2. when N results for the current version v are in (or the step deadline has passed
        with at least one), screen them (ganpool.coordinator.screening: payload, norm and
        spot checks; a refusal is recorded with its reason and its images go back to the
@@ -22,8 +28,8 @@ Protocol (see docs/protocol.md). Rows each party writes, and in which transactio
        weights (by COPY), contributions (UNIQUE per unit: applied at most once), step
        metrics, epoch counts; cancel units of v that did not make it (their images go back
        to the epoch; their late results are rejected as stale); prune old weights;
-    3. issue the units of the new version from the epoch permutation, and NOTIFY
-       `ganpool_version`. Workers wake at commit.
+    3. issue the units of the new version from the epoch permutation. After the commit,
+       NOTIFY `ganpool_version` (a hint: a full notification queue cannot fail a step).
   A crash anywhere before commit leaves the database at version v with nothing applied;
   in-memory state is then reloaded from the database, so nothing is applied twice.
 * After the commit, off the workers' critical path: a sample grid every K steps, and at most
@@ -43,6 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import torch
 
 from ganpool.aggregation.robust import aggregate
@@ -56,7 +63,8 @@ from ganpool.protocol.schedule import EpochState, plan_units, sample_seed, spot_
 from ganpool.runs import Run
 from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.store import Store, connect
-from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff
+from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff, Pace
+from ganpool.training.gradients import float_buffers
 from ganpool.training.state import TrainingState, WeightedMean
 
 log = logging.getLogger(__name__)
@@ -65,6 +73,9 @@ MIN_NORM_COHORT = 8  # the norm check needs at least this many norms to judge by
 VACUUM_EVERY = 10  # steps between vacuums of the blob tables
 PHASES = ("both", "D", "G")
 NORM_HISTORY = 64  # accepted gradient norms remembered for the norm check
+MAX_COPIES = 4  # backup or reissued copies of one unit, at most
+BACKUP_MIN_S = 1.0  # never copy a unit held for less than this
+TICKS_PER_S = 100.0  # a flood of notifications (anyone may NOTIFY) cannot spin the loop faster
 
 
 @dataclass
@@ -115,6 +126,10 @@ class Coordinator:
         self._arrived_version = -1
         self._sum = WeightedMean()
         self._summed: set[int] = set()
+        self._summed_families: set[int] = set()
+        self._prior: tuple[int, dict[str, torch.Tensor]] | None = None  # the version's buffers
+        self._dirty = False  # the in-memory state moved inside a transaction not yet committed
+        self._announcements: list[tuple[str, dict]] = []  # NOTIFYs to send after the commit
         # (time.time(), event, version): woke / collected / published, for the benchmark.
         self.timeline: deque[tuple[float, str, int]] = deque(maxlen=100_000)
         self._owner_pid: int | None = None  # the session that holds ownership of the run
@@ -151,9 +166,10 @@ class Coordinator:
                 self._publish(0, images=0, epochs=0.0)
                 self._save_checkpoint(0)
                 self._issue_units(0)
-                self.store.execute("notify_version", run_id=self.run.id, version=0)
+                self._announcements.append(("notify_version", {"version": 0}))
                 self.version = 0
                 log.info("run %s: published version 0", self.run.name)
+        self._announce()
         if self.version == 0:
             self.timeline.append((time.time(), "published", 0))
             self._store_sample(0)
@@ -194,7 +210,8 @@ class Coordinator:
                 raise GanpoolError(f"cannot replay version {v}: result {r['id']} is gone")
             results.append((self.screening.check(blob, r["phase"]), float(r["samples"])))
         c = self.cfg
-        self.state.apply(aggregate(results, c.aggregation, c.trim_fraction, c.clip_factor))
+        if results:  # none: a G phase refused everywhere, republished as it was
+            self.state.apply(aggregate(results, c.aggregation, c.trim_fraction, c.clip_factor))
         published = self._stored_weights(v)
         for k, t in self.state.weights().items():
             if not torch.allclose(t.double(), published[k].double(), rtol=1e-4, atol=1e-7):
@@ -227,14 +244,20 @@ class Coordinator:
                     listener = connect(self.dsn)
                     Store(listener).execute("listen_results")
                     backoff.reset()
+                    pace = Pace(TICKS_PER_S)
                     while not should_stop():
                         self.timeline.append((time.time(), "woke", self.version))
                         self._collect()
                         self.timeline.append((time.time(), "collected", self.version))
                         if self.tick():
                             return
-                        for _ in listener.notifies(timeout=self.poll_s, stop_after=1):
-                            pass
+                        if any(listener.notifies(timeout=self.poll_s, stop_after=1)):
+                            # Notifications are hints, and anyone may send them: however
+                            # many arrive, TICKS_PER_S passes a second at most, and a
+                            # backlog is one wake-up.
+                            pace.wait()
+                            for _ in listener.notifies(timeout=0):
+                                pass
                     return
                 except (*CONNECTION_ERRORS, OwnershipRefused) as e:
                     self.store.close()
@@ -287,15 +310,27 @@ class Coordinator:
     def tick(self) -> bool:
         """One pass of the protocol; returns True when the run is over."""
         before = self.version
+        self._dirty = False
         try:
             with self.store.tx():
+                self.store.execute("set_tick_lock_timeout")
                 over = self._tick()
+        except psycopg.errors.LockNotAvailable as e:
+            # A row some student holds locked: never wait on it. Nothing was committed; the
+            # next tick tries again (by then the row is usually free, or skipped).
+            log.warning("tick gave way to a lock held elsewhere (%s); retrying", e)
+            self._announcements.clear()
+            if self._dirty:
+                self._reload()
+            return False
         except Exception:
             # The transaction rolled back: drop any in-memory step that did not commit.
             # (With the connection gone, serve() reloads after reconnecting.)
+            self._announcements.clear()
             if not self.store.conn.broken and not self.store.conn.closed:
                 self._reload()
             raise
+        self._announce()
         # Committed: the workers are already on the new version. The rest can wait a little.
         c = self.cfg
         if self.version != before:
@@ -331,21 +366,36 @@ class Coordinator:
         expired = self.store.all("expire_leases", run_id=self.run.id)
         if expired:
             log.info("reissuing %d unit(s) whose lease expired", len(expired))
+        self._quarantine()
         if self._limit_reached(run):
             self._finish()
             return True
         v = run["current_version"]
-        waiting = self.store.one("count_waiting_results", run_id=self.run.id, version=v)
+        patience = self._patience()
+        self._copy_units(v, patience)
+        self._cancel_stale(v)  # catches up on rows skipped while a student held them locked
+        self.store.execute("give_back_unapplied", run_id=self.run.id, version=v + 1)
+        waiting = self.store.one(
+            "count_waiting_results", run_id=self.run.id, version=v, patience_s=patience
+        )
         deadline = self.cfg.step_deadline_s
         past_deadline = deadline > 0 and (run["version_age_s"] or 0) >= deadline
-        # N results in (a G phase has only as many units as its D phase applied), and no spot
-        # check still being computed (unclaimed twins don't wait).
+        # N results in (a G phase has only as many units as its D phase applied, less those
+        # refused everywhere), and no spot check still being computed (unclaimed twins, and
+        # twins held past the backup threshold, don't wait).
         needed = self.cfg.results_per_step
-        if self.cfg.phase_of(v) == "G":
-            needed = min(needed, waiting["issued"])
+        phase = self.cfg.phase_of(v)
+        if phase == "G":
+            needed = min(needed, waiting["open"])
         enough = waiting["n"] >= needed and waiting["twins_computing"] == 0
-        if enough or (past_deadline and waiting["n"] > 0):
-            self._step(v)
+        if phase == "G" and waiting["open"] == 0:
+            # Every G unit was refused by every student that could take it: step without
+            # G rather than wait for good (the alternating rule then carries on with D).
+            log.warning("version %d: every G-phase unit was refused; skipping G's step", v)
+            self._step(v, needed=0)
+            run = self.store.one("lock_run", run_id=self.run.id)
+        elif waiting["n"] > 0 and (enough or past_deadline):
+            self._step(v, needed=1 if past_deadline else needed)
             run = self.store.one("lock_run", run_id=self.run.id)
             if self._limit_reached(run):
                 self._finish()
@@ -371,7 +421,7 @@ class Coordinator:
         if self.version % (self.cfg.sample_every * self.cfg.versions_per_step):
             self._store_sample(self.version)  # the final version's grid, always
         self.store.execute("set_run_status", run_id=self.run.id, status="finished")
-        self.store.execute("notify_run_status", run_id=self.run.id)
+        self._announcements.append(("notify_run_status", {}))
         log.info("run %s finished at version %d", self.run.name, self.version)
 
     # -- one step ------------------------------------------------------------------------
@@ -383,21 +433,110 @@ class Coordinator:
         if self._arrived_version != self.version:
             self._forget_arrivals()
             self._arrived_version = self.version
+        prior = self._prior_buffers()
         for r in self.store.all("arrived_results", run_id=self.run.id, version=self.version):
             if r["id"] in self._arrived:
                 continue
-            known = self._arrived[r["id"]] = self.screening.read(self.store, r)
+            known = self._arrived[r["id"]] = self.screening.read(self.store, r, prior)
             if isinstance(known, PayloadError):
                 continue  # the step records the refusal
             tensors, _ = known
-            if self.cfg.aggregation == "mean" and r["twin_of"] is None:
+            # A unit's backup copies: only the first valid result can be applied.
+            family = r["family"]
+            if (
+                self.cfg.aggregation == "mean"
+                and r["twin_of"] is None
+                and family not in self._summed_families
+            ):
                 self._sum.add(tensors, float(r["samples"]))
                 self._summed.add(r["id"])
+                self._summed_families.add(family)
+
+    def _prior_buffers(self) -> dict[str, torch.Tensor]:
+        """The current version's BatchNorm statistics: every result starts from them."""
+        if self._prior is None or self._prior[0] != self.version:
+            buffers = {f"buf.G.{k}": v.clone() for k, v in float_buffers(self.state.g).items()}
+            buffers |= {f"buf.D.{k}": v.clone() for k, v in float_buffers(self.state.d).items()}
+            self._prior = (self.version, buffers)
+        return self._prior[1]
 
     def _forget_arrivals(self) -> None:
         self._arrived.clear()
         self._sum.reset()
         self._summed.clear()
+        self._summed_families.clear()
+
+    def _announce(self) -> None:
+        """Send the NOTIFYs of what just committed. Never inside the step's transaction: a
+        notification is a hint (workers poll too), and a notification queue held full by a
+        listener idle in a transaction would otherwise make the commit itself fail."""
+        pending, self._announcements = self._announcements, []
+        for query, params in pending:
+            try:
+                self.store.execute(query, run_id=self.run.id, **params)
+            except psycopg.Error as e:
+                log.warning("could not notify the workers (%s); they poll instead", e)
+
+    # -- stragglers, refusals and poison units -----------------------------------------
+
+    def _patience(self) -> float:
+        """How long a unit may be held before it gets a backup copy: `backup_after` times
+        the run's recent time per unit (claim to submission), while there is no history a
+        quarter of the lease, and at least BACKUP_MIN_S."""
+        c = self.cfg
+        if not c.backup_after:
+            return c.lease_s
+        recent = self.store.one("recent_unit_seconds", run_id=self.run.id)
+        if recent["n"] < 3 or recent["seconds"] is None:
+            return max(BACKUP_MIN_S, c.lease_s / 4)
+        return min(c.lease_s, max(BACKUP_MIN_S, c.backup_after * float(recent["seconds"])))
+
+    def _copy_units(self, v: int, patience: float) -> None:
+        """Backup copies of the version's stragglers, reissues of units refused everywhere,
+        and dropping copies that no one could claim."""
+        run_id = self.run.id
+        self.store.execute("abandon_unclaimed_copies", run_id=run_id, version=v, after_s=patience)
+        reissued = self.store.all(
+            "reissue_refused", run_id=run_id, version=v, max_copies=MAX_COPIES
+        )
+        if reissued:
+            log.info("version %d: reissuing %d refused unit(s) to other students", v, len(reissued))
+        if self.cfg.backup_after:
+            copied = self.store.all(
+                "issue_backups", run_id=run_id, version=v, after_s=patience, max_copies=MAX_COPIES
+            )
+            if copied:
+                log.info(
+                    "version %d: %d unit(s) held over %.1f s get a backup copy",
+                    v,
+                    len(copied),
+                    patience,
+                )
+
+    def _quarantine(self) -> None:
+        """Set aside units that `quarantine_after` students could not compute; their other
+        images go back to the epoch, the ones reported bad count as done."""
+        for u in self.store.all(
+            "quarantine_units", run_id=self.run.id, after=self.cfg.quarantine_after
+        ):
+            log.warning(
+                "quarantined unit %d: workers could not compute it (images %s)",
+                u["id"],
+                u["bad"] or "unknown",
+            )
+            if u["images_returned"] or u["twin_of"] is not None or u["phase"] == "G":
+                continue  # no images of its own to account for
+            bad = set(u["bad"]) or set(u["indices"])  # no image named: the whole unit
+            good = [i for i in u["indices"] if i not in bad]
+            if good:
+                self.store.execute("give_back", run_id=self.run.id, epoch=u["epoch"], indices=good)
+            self.store.execute(
+                "quarantine_images",
+                run_id=self.run.id,
+                epoch=u["epoch"],
+                images=len(u["indices"]) - len(good),
+            )
+            self.store.execute("mark_images_returned", unit_id=u["id"])
 
     def _save_checkpoint(self, version: int) -> None:
         """Save the Adam state of `version` and drop the payloads it has absorbed."""
@@ -418,28 +557,43 @@ class Coordinator:
             self._packers[kind] = Packer(manifest_of(tensors))
         return self._packers[kind].pack(tensors)
 
-    def _step(self, v: int) -> None:
+    def _step(self, v: int, needed: int) -> None:
+        """Screen and apply the version's results, if `needed` units' results are there
+        (0: a G phase refused everywhere, republished as it is)."""
         t0 = time.perf_counter()
         rows = self.store.all("waiting_results", run_id=self.run.id, version=v)
-        accepted, rejected = self.screening.screen(self.store, rows, self._arrived)
+        # Rows a student holds locked were skipped: never step on fewer results than the
+        # count promised (a robust rule counts on its majority). The next tick tries again.
+        got = len({r["family"] for r in rows if r["twin_of"] is None})
+        if got < needed:
+            log.info("version %d: %d of %d results free to lock; stepping later", v, got, needed)
+            return
+        accepted, rejected = self.screening.screen(
+            self.store, rows, self._arrived, self._prior_buffers()
+        )
+        if not accepted and needed:
+            return  # every result was refused: the units are reissued to other students
         if not accepted:
-            return  # every result was refused; their images are back, units get reissued
-        if self.cfg.aggregation == "mean" and {r["id"] for r, _ in accepted} == self._summed:
-            mean = self._sum.mean()  # summed as they arrived: the same sum, already done
+            pass  # nothing to apply: the version is republished as it is
+        elif self.cfg.aggregation == "mean" and {r["id"] for r, _ in accepted} == self._summed:
+            self._dirty = True
+            self.state.apply(self._sum.mean())  # summed as they arrived: already done
         else:
+            self._dirty = True
             mean = aggregate(
                 [(tensors, float(r["samples"])) for r, tensors in accepted],
                 self.cfg.aggregation,
                 self.cfg.trim_fraction,
                 self.cfg.clip_factor,
             )
-        self.state.apply(mean)
+            self.state.apply(mean)
         self._forget_arrivals()
         accepted = [r for r, _ in accepted]
         phase = self.cfg.phase_of(v)
 
         new = v + 1
         images = sum(r["samples"] for r in accepted)
+        images_weight = max(images, 1)
         # A G phase reuses its D phase's batch: its images were counted then.
         new_images = 0 if phase == "G" else images
         if new_images:
@@ -458,7 +612,7 @@ class Coordinator:
                 run_id=self.run.id,
                 version=new,
                 result_id=r["id"],
-                weight=r["samples"] / images,
+                weight=r["samples"] / images_weight,
             )  # its payload stays until a checkpoint has absorbed it
         report = StepReport(
             version=new,
@@ -484,7 +638,9 @@ class Coordinator:
             epoch=epochs,
         )
         self._cancel_stale(new)
-        self.store.execute("notify_version", run_id=self.run.id, version=new)
+        self.store.execute("give_back_unapplied", run_id=self.run.id, version=new)
+        self._announcements.append(("notify_version", {"version": new}))
+        self._dirty = True
         self.version = new
         report.seconds = time.perf_counter() - t0
         if self.on_step:
@@ -494,14 +650,10 @@ class Coordinator:
         self.screening.reject(self.store, r, reason)
 
     def _cancel_stale(self, new: int, reason: str | None = None) -> None:
-        """Units of older versions that did not make their step give their images back;
-        results that arrived for them are rejected (the `reject` staleness policy)."""
-        for unit in self.store.all("cancel_stale_units", run_id=self.run.id, version=new):
-            if unit["twin_of"] is not None or unit["phase"] == "G":
-                continue
-            self.store.execute(
-                "give_back", run_id=self.run.id, epoch=unit["epoch"], indices=unit["indices"]
-            )
+        """Units of older versions that did not make their step are cancelled (their images
+        go back with give_back_unapplied); results that arrived for them are rejected (the
+        `reject` staleness policy)."""
+        self.store.execute("cancel_stale_units", run_id=self.run.id, version=new)
         for r in self.store.all("stale_results", run_id=self.run.id, version=new):
             self._reject(
                 r,
@@ -544,7 +696,10 @@ class Coordinator:
         """Bring the version's live units up to units_per_step (a G phase: its D units)."""
         phase = self.cfg.phase_of(version)
         if phase == "G":  # the G phase redoes the D phase's units, images and noise
-            self.store.execute("insert_g_units", run_id=self.run.id, version=version)
+            for g in self.store.all("insert_g_units", run_id=self.run.id, version=version):
+                # G-phase units are spot-checked too (they are every generator update).
+                if spot_check_chosen(self.cfg.seed, g["noise_seed"], self.cfg.spot_check_rate):
+                    self.store.execute("insert_twin", unit_id=g["id"])
             return
         live = self.store.one("count_live_units", run_id=self.run.id, version=version)["n"]
         count = self.cfg.units_issued_per_step - live
@@ -565,6 +720,7 @@ class Coordinator:
             self.cfg.seed,
             self.run.dataset_size,
             run["units_issued"],
+            frozenset(r["idx"] for r in self.store.all("quarantined_images", run_id=self.run.id)),
         )
         for e in epochs:
             if e.epoch not in before:
@@ -578,6 +734,10 @@ class Coordinator:
                 cursor=e.cursor,
                 returned=e.returned,
             )
+            if e.skipped:  # quarantined images met again: done for this epoch, not trained
+                self.store.execute(
+                    "quarantine_images", run_id=self.run.id, epoch=e.epoch, images=e.skipped
+                )
         for u in units:
             unit_id = self.store.one(
                 "insert_unit",

@@ -1,6 +1,9 @@
-"""Screening a step's results before anything is aggregated: payload checks, the norm check
-against the cohort, and spot checks. Every refusal is recorded with its reason, and the
-refused result's images go back to its epoch."""
+"""Screening a step's results before anything is aggregated: payload checks (format, size,
+finite values, BatchNorm statistics that some batch could have produced), the cohort checks
+(each network's gradient norm and each BatchNorm statistic against the recent results of the
+same phase), and spot checks. Of a unit and its backup copies, only the first valid result
+is kept. Every refusal is recorded with its reason; the unit is then reissued or its images
+go back to the epoch (the coordinator's tick does either)."""
 
 from __future__ import annotations
 
@@ -23,10 +26,18 @@ from ganpool.training.gradients import payload_limit, result_manifest
 log = logging.getLogger(__name__)
 
 PHASES = ("both", "D", "G")
-# A result read and checked: its tensors and gradient norm, or why it was refused.
-Arrived = tuple[dict[str, torch.Tensor], float] | PayloadError
+# A result read and checked: its tensors and the statistics the cohort checks judge
+# ("norm.G", "norm.D", "bn.<buffer>": positive numbers), or why it was refused.
+Arrived = tuple[dict[str, torch.Tensor], dict[str, float]] | PayloadError
 NORM_HISTORY = 64  # accepted gradient norms remembered for the norm check
 MIN_NORM_COHORT = 8  # the norm check needs at least this many norms to judge by
+# Batch statistics move far less between batches than gradients do: at 6 (log scale, floor
+# 0.25) a statistic more than e^1.5 = 4.5x away from the cohort's median is refused.
+BN_Z_MAX = 6.0
+BN_MOMENTUM = 0.1  # torch's BatchNorm default, which the models use
+# Forward passes a result's statistics went through in train mode, from the version's: G
+# once, D twice (real, then fake) before its buffers are captured (training/gradients.py).
+BN_FORWARDS = {"G": 1, "D": 2}
 
 
 class Screening:
@@ -36,16 +47,25 @@ class Screening:
             phase: result_manifest(g, d, phase, cfg.transport_dtype) for phase in PHASES
         }
         self.max_payload = cfg.max_payload_bytes or payload_limit(result_manifest(g, d))
-        # Gradient norms differ by phase: each phase is judged against its own history.
-        self.norm_history = {phase: deque(maxlen=NORM_HISTORY) for phase in PHASES}
+        # Statistics differ by phase and network: each (phase, statistic) is judged against
+        # its own history.
+        self.history: dict[tuple[str, str], deque[float]] = {}
+
+    def _history(self, phase: str, stat: str) -> deque[float]:
+        return self.history.setdefault((phase, stat), deque(maxlen=NORM_HISTORY))
 
     def reload_history(self, store: Store) -> None:
-        """After a restart: the norms of the most recently applied results."""
+        """After a restart: the norms of the most recent results (BatchNorm statistics are
+        not stored; their history builds up again within a few steps)."""
+        self.history.clear()
         for phase in PHASES:
             recent = store.all("recent_norms", run_id=self.run_id, phase=phase, limit=NORM_HISTORY)
-            self.norm_history[phase] = deque(
-                (r["grad_norm"] for r in reversed(recent)), maxlen=NORM_HISTORY
-            )
+            for net in ("G", "D"):
+                self._history(phase, f"norm.{net}").extend(
+                    r[f"norm_{net.lower()}"]
+                    for r in reversed(recent)
+                    if r[f"norm_{net.lower()}"] is not None
+                )
 
     def check(self, blob: bytes | None, phase: str) -> dict[str, torch.Tensor]:
         """A payload's tensors, or PayloadError: safetensors, the manifest, size, finite."""
@@ -55,61 +75,101 @@ class Screening:
         _check_finite(tensors)
         return tensors
 
-    def read(self, store: Store, r: dict) -> Arrived:
-        """A result's checked tensors and gradient norm, or why its payload is refused."""
+    def read(self, store: Store, r: dict, prior: dict[str, torch.Tensor]) -> Arrived:
+        """A result's checked tensors and cohort statistics, or why its payload is refused.
+        `prior` holds the BatchNorm statistics of the version the result was computed on."""
         blob = store.copy_out_blob("copy_result_payload", result_id=r["id"])
         try:
             tensors = self.check(blob, r["phase"])
+            stats = batchnorm_stats(tensors, prior)
         except PayloadError as e:
             return e
-        return tensors, grad_norm(tensors)
+        for net in ("G", "D"):
+            grads = {k: t for k, t in tensors.items() if k.startswith(f"grad.{net}.")}
+            if grads:
+                stats[f"norm.{net}"] = grad_norm(grads)
+        # the whole result's norm, for the record (not judged: each network is)
+        stats["norm"] = math.hypot(stats.get("norm.G", 0.0), stats.get("norm.D", 0.0))
+        return tensors, stats
 
     def screen(
-        self, store: Store, rows: list[dict], arrived: dict[int, Arrived] | None = None
+        self,
+        store: Store,
+        rows: list[dict],
+        arrived: dict[int, Arrived] | None = None,
+        prior: dict[str, torch.Tensor] | None = None,
     ) -> tuple[list[tuple[dict, dict]], list[dict]]:
-        """Validate, norm-check and spot-check a step's results. Returns the results to apply
-        (with their tensors) and the rejected ones; every refusal is recorded with its reason.
-        `arrived` holds payloads already read and checked as they landed (by result id)."""
-        valid: dict[int, tuple[dict, dict]] = {}
+        """Validate, cohort-check and spot-check a step's results. Returns the results to
+        apply (with their tensors) and the rejected ones; every refusal is recorded with its
+        reason. `arrived` holds payloads already read and checked as they landed (by result
+        id); `prior` the BatchNorm statistics of the version they were computed on."""
+        valid: dict[int, tuple[dict, dict]] = {}  # by family: a unit and its copies
+        stats: dict[int, dict[str, float]] = {}
         rejected: list[dict] = []
         arrived = arrived or {}
         for r in rows:
             try:
-                known = arrived.get(r["id"]) or self.read(store, r)
+                known = arrived.get(r["id"]) or self.read(store, r, prior or {})
                 if isinstance(known, PayloadError):
                     raise known
             except PayloadError as e:
                 self.reject(store, r, str(e))
                 rejected.append(r)
                 continue
-            tensors, r["grad_norm"] = known
-            store.execute("set_grad_norm", result_id=r["id"], grad_norm=r["grad_norm"])
-            valid[r["unit_id"]] = (r, tensors)
+            tensors, stats[r["id"]] = known
+            r["grad_norm"] = stats[r["id"]]["norm"]
+            store.execute(
+                "set_grad_norm",
+                result_id=r["id"],
+                grad_norm=r["grad_norm"],
+                norm_g=stats[r["id"]].get("norm.G"),
+                norm_d=stats[r["id"]].get("norm.D"),
+            )
+            family = r.get("family", r["unit_id"])
+            if family in valid:
+                # A backup copy's result, and one of the family was first: dropped, not
+                # refused (exactly once: version_contributions.family_id is UNIQUE anyway).
+                store.execute("supersede_result", result_id=r["id"])
+                store.execute("delete_payload", result_id=r["id"])
+                continue
+            valid[family] = (r, tensors)
 
-        # Norm check: a result far from the cohort (recent history plus this step) is refused.
+        # Cohort checks: a result far from the cohort (recent history plus this step) in
+        # either network's gradient norm, or in a BatchNorm statistic, is refused.
         phase = rows[0]["phase"] if rows else "both"
-        norms = {unit_id: r["grad_norm"] for unit_id, (r, _) in valid.items()}
-        if self.cfg.norm_z_max:
-            history = self.norm_history[phase]
-            for unit_id, ratio, z in norm_outliers(history, norms, self.cfg.norm_z_max):
-                r = valid.pop(unit_id)[0]
-                self.reject(
-                    store,
-                    r,
-                    f"gradient norm {r['grad_norm']:.4g} is {ratio:.3g}x the cohort's median "
-                    f"(robust z {z:.1f} on a log scale, limit {self.cfg.norm_z_max:g})",
-                )
-                rejected.append(r)
-        # Every validated norm joins the history, refused or not: the median then follows a
-        # real drift within a few steps, while a minority of outliers cannot move it.
-        self.norm_history[phase].extend(norms.values())
+        names = sorted({k for r, _ in valid.values() for k in stats[r["id"]] if k != "norm"})
+        for name in names:
+            values = {
+                fam: stats[r["id"]][name] for fam, (r, _) in valid.items() if name in stats[r["id"]]
+            }
+            is_norm = name.startswith("norm.")
+            z_max = self.cfg.norm_z_max if is_norm else BN_Z_MAX
+            history = self._history(phase, name)
+            if z_max:
+                for fam, ratio, z in norm_outliers(history, values, z_max):
+                    r = valid.pop(fam)[0]
+                    what = (
+                        f"{name[5:]}'s gradient norm {values[fam]:.4g}"
+                        if is_norm
+                        else f"BatchNorm statistic {name[3:]}"
+                    )
+                    self.reject(
+                        store,
+                        r,
+                        f"{what} is {ratio:.3g}x the cohort's median "
+                        f"(robust z {z:.1f} on a log scale, limit {z_max:g})",
+                    )
+                    rejected.append(r)
+            # Every validated value joins the history, refused or not: the median then
+            # follows a real drift within a few steps, while a minority cannot move it.
+            history.extend(values.values())
 
-        # Spot checks: a unit and its twin, computed by two workers, must agree.
-        for unit_id, (twin, twin_tensors) in list(valid.items()):
+        # Spot checks: a unit and its twin, computed by two students, must agree.
+        for family, (twin, twin_tensors) in list(valid.items()):
             original_id = twin["twin_of"]
             if original_id is None:
                 continue
-            del valid[unit_id]  # a twin is never applied itself: it only checks the original
+            del valid[family]  # a twin is never applied itself: it only checks the original
             if original_id not in valid:
                 store.execute("verify_result", result_id=twin["id"])
                 store.execute("delete_payload", result_id=twin["id"])
@@ -123,7 +183,7 @@ class Screening:
                 "record_spot_check",
                 run_id=self.run_id,
                 unit_id=original_id,
-                twin_id=unit_id,
+                twin_id=twin["unit_id"],
                 worker_a=original["worker_id"],
                 worker_b=twin["worker_id"],
                 cosine=cosine,
@@ -153,12 +213,11 @@ class Screening:
         return sorted(valid.values(), key=lambda rt: rt[0]["seq"]), rejected
 
     def reject(self, store: Store, r: dict, reason: str) -> None:
+        """Refuse a result. Its unit is then reissued to another student, or its images go
+        back to the epoch (the coordinator's tick: reissue_refused, give_back_unapplied)."""
         log.warning("rejected result %d of worker %d: %s", r["id"], r["worker_id"], reason)
         store.execute("reject_result", run_id=self.run_id, result_id=r["id"], reason=reason)
         store.execute("delete_payload", result_id=r["id"])
-        # A twin's images are its original's, a G unit's were counted in its D phase.
-        if r.get("twin_of") is None and r.get("phase") != "G":
-            store.execute("give_back", run_id=self.run_id, epoch=r["epoch"], indices=r["indices"])
 
 
 def norm_outliers(
@@ -182,6 +241,37 @@ def norm_outliers(
     # model is a minority of bad workers.
     if len(out) * 2 > len(norms):
         return []
+    return out
+
+
+def batchnorm_stats(
+    tensors: dict[str, torch.Tensor], prior: dict[str, torch.Tensor]
+) -> dict[str, float]:
+    """Check a result's BatchNorm statistics and summarise them for the cohort check.
+
+    A result's running statistics are the version's, moved by its forward passes:
+    r = k * prior + (1 - k) * b, with k = (1 - momentum) ** passes and b a mix of the batches'
+    statistics. So b is known exactly, and a batch variance is never negative: a variance
+    <= 0, or one no batch could have produced, is refused outright. Returns, per buffer, the
+    root mean square of b (judged against the cohort by the caller)."""
+    out: dict[str, float] = {}
+    for key, t in tensors.items():
+        if not key.startswith("buf."):
+            continue
+        is_var = key.endswith("running_var")
+        if is_var and not bool((t > 0).all()):
+            raise PayloadError(f"BatchNorm statistic {key[4:]} holds a variance <= 0")
+        if key not in prior:
+            continue
+        keep = (1 - BN_MOMENTUM) ** BN_FORWARDS[key.split(".")[1]]
+        before = prior[key].double()
+        batch = (t.double() - keep * before) / (1 - keep)
+        if is_var and bool((batch < -1e-4 * (before.abs() + 1)).any()):
+            raise PayloadError(
+                f"BatchNorm statistic {key[4:]} cannot come from any batch of this version "
+                "(it implies a negative batch variance)"
+            )
+        out[f"bn.{key[4:]}"] = float(batch.square().mean().sqrt()) + 1e-12
     return out
 
 

@@ -91,6 +91,15 @@ class WorkerRow(BaseModel):
     present: bool
 
 
+class QuarantinedUnit(BaseModel):
+    unit: int
+    version: int
+    images: list[int]
+    bad_images: list[int]  # the images workers named, when they could tell
+    reason: str
+    reported_by: int  # different students (or workers) that could not compute it
+
+
 class RunRow(BaseModel):
     name: str
     status: str
@@ -291,6 +300,24 @@ def create_app(
                 present=w["present"],
             )
             for w in fetch("dashboard_workers", run_id=r["id"], limit=limit)
+        ]
+
+    @app.get("/api/runs/{run}/quarantined", response_model=list[QuarantinedUnit])
+    def quarantined(
+        run: RunName, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> list[QuarantinedUnit]:
+        """Units set aside because several workers could not compute them (poison units)."""
+        r = run_row(run)
+        return [
+            QuarantinedUnit(
+                unit=u["id"],
+                version=u["version"],
+                images=u["indices"],
+                bad_images=u["bad_images"] or [],
+                reason=u["reason"] or "",
+                reported_by=u["reported_by"],
+            )
+            for u in fetch("quarantined_units", run_id=r["id"], limit=limit)
         ]
 
     @app.post("/api/login", response_model=Done)

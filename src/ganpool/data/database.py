@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 import torch
 
-from ganpool.data.datasets import Dataset, decode
+from ganpool.data.datasets import Dataset, check_images, decode
 from ganpool.errors import DatasetMismatch
 from ganpool.store import Store, connect
 from ganpool.store.queries import named_queries
@@ -22,6 +22,7 @@ CACHE_IMAGES = 4096  # encoded images kept in memory (about 40 MB of CelebA JPEG
 def load_dataset(store: Store, dataset: Dataset, image_size: int, channels: int) -> dict:
     """Store every image of `dataset` under its fingerprint; idempotent, restartable."""
     fp = dataset.fingerprint
+    check_images(dataset)  # nothing is stored if one image would fail every worker
     with store.tx():
         store.execute(
             "begin_dataset",

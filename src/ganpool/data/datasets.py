@@ -175,6 +175,26 @@ class ZipImages(_EncodedFiles):
 Dataset = InMemoryImages | ImageFolder | ZipImages
 
 
+def check_images(dataset: Dataset) -> None:
+    """Decode every image once, so that a file no worker could read is named now, in one
+    line, rather than crashing every worker that draws it mid-run. (Decoding, not just
+    reading the header: a truncated JPEG opens fine and fails on load.)"""
+    import io
+
+    if not isinstance(dataset, _EncodedFiles):
+        return  # decoded already (the built-in faces)
+    for i, name in enumerate(dataset.files):
+        try:
+            with Image.open(io.BytesIO(dataset.encoded(i))) as img:
+                img.load()
+        except Exception as e:
+            where = getattr(dataset, "root", None) or getattr(dataset, "path", "")
+            raise GanpoolError(
+                f"image {i} of the dataset cannot be decoded: {name} in {where} "
+                f"({type(e).__name__}: {e}); remove or replace it"
+            ) from None
+
+
 def open_dataset(kind: str, size: int, channels: int, path: Path | None = None) -> Dataset:
     if kind == "faces":
         return builtin_faces(size, channels)

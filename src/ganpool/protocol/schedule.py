@@ -54,6 +54,7 @@ class EpochState:
     size: int
     cursor: int = 0
     returned: list[int] = field(default_factory=list)
+    skipped: int = 0  # fresh images passed over because they were quarantined (this plan)
 
     @classmethod
     def start(cls, run_seed: int, epoch: int, size: int) -> EpochState:
@@ -63,13 +64,20 @@ class EpochState:
     def remaining(self) -> int:
         return len(self.returned) + self.size - self.cursor
 
-    def take(self, n: int) -> list[int]:
-        """Up to n images for the next unit: given-back images first, then fresh ones."""
+    def take(self, n: int, skip: frozenset[int] = frozenset()) -> list[int]:
+        """Up to n images for the next unit: given-back images first, then fresh ones.
+        Fresh images in `skip` (quarantined: no worker could decode them) are passed over
+        and counted in `skipped`."""
         out = self.returned[:n]
         self.returned = self.returned[n:]
-        fresh = min(n - len(out), self.size - self.cursor)
-        out += permutation(self.seed, self.size)[self.cursor : self.cursor + fresh]
-        self.cursor += fresh
+        order = permutation(self.seed, self.size)
+        while len(out) < n and self.cursor < self.size:
+            image = order[self.cursor]
+            self.cursor += 1
+            if image in skip:
+                self.skipped += 1
+            else:
+                out.append(image)
         return out
 
     def give_back(self, indices: list[int]) -> None:
@@ -92,18 +100,24 @@ def plan_units(
     run_seed: int,
     dataset_size: int,
     first_seq: int,
+    skip: frozenset[int] = frozenset(),
 ) -> list[PlannedUnit]:
     """The next `count` units. Takes from the oldest epoch with images left and opens a new
-    epoch (appended to `epochs`) when none has any; a unit never spans two epochs."""
+    epoch (appended to `epochs`) when none has any; a unit never spans two epochs. Images
+    in `skip` are never handed out (see EpochState.take)."""
+    if len(skip) >= dataset_size:
+        raise ValueError("every image of the dataset is quarantined")
     units = []
-    for k in range(count):
+    seq = first_seq
+    while len(units) < count:
         open_ = next((e for e in epochs if e.remaining > 0), None)
         if open_ is None:
             open_ = EpochState.start(run_seed, next_epoch, dataset_size)
             epochs.append(open_)
             next_epoch += 1
-        seq = first_seq + k
-        units.append(
-            PlannedUnit(seq, open_.epoch, open_.take(unit_size), noise_seed(run_seed, seq))
-        )
+        indices = open_.take(unit_size, skip)
+        if not indices:  # the epoch's last images were all quarantined
+            continue
+        units.append(PlannedUnit(seq, open_.epoch, indices, noise_seed(run_seed, seq)))
+        seq += 1
     return units

@@ -74,3 +74,29 @@ class Backoff:
         log.debug("database call failed (%s); retrying in %.2fs", error, self.delay)
         time.sleep(self.delay)
         self.delay = min(self.cap, self.delay * 2)
+
+
+class Pace:
+    """At most `rate` wake-ups a second on average, `burst` of them at once: what a worker
+    or the coordinator does when a notification arrives. Notifications are hints that anyone
+    may send, so a flood of them must not become a flood of queries; a genuine wake-up (a
+    version published after a quiet spell) still goes through at once."""
+
+    def __init__(self, rate: float, burst: float = 3.0):
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
+        self.at = time.monotonic()
+
+    def reset(self) -> None:
+        """Something real happened (a unit was claimed): the next wake-ups are free again."""
+        self.tokens = self.burst
+
+    def wait(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            time.sleep((1 - self.tokens) / self.rate)
+            self.at = time.monotonic()
+            self.tokens = 1
+        self.tokens -= 1

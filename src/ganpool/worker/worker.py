@@ -21,6 +21,12 @@ of functions, each one transaction (migration 0002): `ganpool_register`,
      computes. The database records the result and completes the unit in one transaction,
      or refuses with a reason (stale, lease lost, run ended) that the worker reports.
    A heartbeat thread extends the lease of every unit the worker holds.
+   Notifications are hints (anyone connected may send one): once a worker's claims have come
+   back empty three times in a row, it claims at most IDLE_CLAIMS_PER_S times a second,
+   however many notifications arrive.
+   A unit whose images do not decode is reported (`ganpool_report_failure`) and given back
+   instead of crashing the worker; the coordinator sets aside a unit several students
+   could not compute.
 3. On Ctrl-C or SIGTERM: leave, which releases claimed units at once. When the run
    finishes or stops, exit cleanly.
 """
@@ -47,13 +53,17 @@ from ganpool.notices import Notice
 from ganpool.runs import Run, coordinator_alive
 from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.store import Store, connect
-from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff, Outage
+from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff, Outage, Pace
 from ganpool.store.submission import submission, upload_result
 from ganpool.throughput import RecentImages
 from ganpool.training.gradients import result_manifest, unit_gradients
 from ganpool.training.state import load_weights, reset_buffers, weights_of
 
 log = logging.getLogger(__name__)
+
+# An idle worker's empty claims, whatever wakes it: 3 in a row at once after it last found
+# work, then 10 a second.
+IDLE_CLAIMS_PER_S = 10.0
 
 
 @dataclass
@@ -204,6 +214,9 @@ class Worker:
         self.outage = Outage()  # one line when the database goes, one when it is back
         self.waiting = Notice(log)  # one line when work stops coming (paused, no coordinator)
         self._idle_since: float | None = None
+        self.claims = 0  # claim calls made, and those that found nothing (for the tests)
+        self.empty_claims = 0
+        self.failed_units = 0  # units given back because their images would not load
 
     def stop(self) -> None:
         """Ask the worker to end after the current unit (signal handlers call this)."""
@@ -329,6 +342,7 @@ class Worker:
 
     def _fetch(self) -> None:
         backoff = Backoff(outage=self.outage)
+        pace = Pace(IDLE_CLAIMS_PER_S)
         weights: tuple[int, dict[str, torch.Tensor]] | None = None
         while not self._stopping.is_set():
             store = listener = None
@@ -342,8 +356,10 @@ class Worker:
                     if self._stopping.is_set():
                         return
                     t0 = time.monotonic()
+                    self.claims += 1
                     unit = store.one("claim_unit", worker_id=self.worker_id)
                     if unit is None:  # nothing pending, or the run is not running
+                        self.empty_claims += 1
                         state = store.one("run_state", run_id=self.run.id)
                         if state["status"] in ("finished", "stopped"):
                             log.info("the run has %s", state["status"])
@@ -352,12 +368,19 @@ class Worker:
                             return
                         self._say_why_waiting(store, state["status"])
                         # Nothing to do: sleep until the coordinator publishes, poll_s at most.
-                        for _ in listener.notifies(timeout=self.poll_s, stop_after=1):
-                            pass
+                        notified = any(listener.notifies(timeout=self.poll_s, stop_after=1))
+                        if notified:
+                            # A notification is only a hint: a flood of them (anyone may send
+                            # one) must not turn into a flood of claims. What queued
+                            # meanwhile is one wake-up.
+                            pace.wait()
+                            for _ in listener.notifies(timeout=0):
+                                pass
                         continue
                     self._hold(unit, True)
                     self._idle_since = None
                     self.waiting.clear()
+                    pace.reset()  # found work: the next wake-up is not held back
                     self.timeline.append((time.time(), "claimed", unit["version"], unit["unit_id"]))
                     if weights is None or weights[0] != unit["version"]:
                         blob = store.copy_out_blob(
@@ -382,7 +405,9 @@ class Worker:
                         weights = (unit["version"], tensors)
                     real = None
                     if unit["phase"] != "G":  # a G-phase unit: the same noise, no images
-                        real = self.dataset.batch(unit["indices"])
+                        real = self._load_images(store, unit)
+                        if real is None:
+                            continue  # reported and given back
                         if self.pin:
                             real = real.pin_memory()
                     self._prepare_s = 0.7 * self._prepare_s + 0.3 * (time.monotonic() - t0)
@@ -422,6 +447,38 @@ class Worker:
                 "come back (your work so far is kept)",
                 ended="the coordinator is back: back to work",
             )  # fmt: skip
+
+    def _load_images(self, store: Store, unit: dict) -> torch.Tensor | None:
+        """The unit's images; None when one does not decode: then the unit is reported as
+        one this worker cannot compute (naming the image), and given back, rather than
+        crashing the worker and leaving the unit to crash the next one."""
+        try:
+            return self.dataset.batch(unit["indices"])
+        except CONNECTION_ERRORS:
+            raise
+        except Exception as e:
+            bad, reason = None, f"{type(e).__name__}: {e}"
+            for i in unit["indices"]:  # which image? (a unit has a few dozen)
+                try:
+                    self.dataset.batch([i])
+                except CONNECTION_ERRORS:
+                    raise
+                except Exception as one:
+                    bad, reason = i, f"image {i}: {type(one).__name__}: {one}"
+                    break
+        log.warning("cannot compute unit %d, reporting it: %s", unit["unit_id"], reason)
+        store.one(
+            "report_failure",
+            worker_id=self.worker_id,
+            unit_id=unit["unit_id"],
+            attempt=unit["attempt"],
+            image_index=bad,
+            reason=reason[:300],
+        )
+        self._hold(unit, False)
+        self.failed_units += 1
+        self.progress.last_message = f"unit {unit['unit_id']} given back: {reason}"
+        return None
 
     def _wait_for_turn(self) -> None:
         """Return when the compute thread has nothing in hand, or will be done with its one

@@ -70,15 +70,18 @@ UPDATE epochs SET returned = returned || %(indices)s::integer[]
 WHERE run_id = %(run_id)s AND epoch = %(epoch)s;
 
 -- count_epoch_images --
--- Count images applied within an epoch, and close it when all are in.
+-- Count images applied within an epoch, and close it when all are in (quarantined
+-- images count as done: they are never retried).
 UPDATE epochs
 SET images_applied = images_applied + %(images)s,
-    completed_at = CASE WHEN images_applied + %(images)s = size THEN now() END
+    completed_at = CASE WHEN images_applied + images_quarantined + %(images)s = size
+                        THEN now() END
 WHERE run_id = %(run_id)s AND epoch = %(epoch)s;
 
 -- epochs_completed --
--- Fractional epochs: whole epochs completed plus the share of the open one.
-SELECT coalesce(sum(images_applied::double precision / size), 0) AS epochs
+-- Fractional epochs: whole epochs completed plus the share of the open one (quarantined
+-- images count as done).
+SELECT coalesce(sum((images_applied + images_quarantined)::double precision / size), 0) AS epochs
 FROM epochs WHERE run_id = %(run_id)s;
 
 -- insert_unit --
@@ -98,57 +101,75 @@ FROM work_units WHERE id = %(unit_id)s;
 UPDATE runs SET units_issued = %(units_issued)s WHERE id = %(run_id)s;
 
 -- count_live_units --
--- Units of a version still pending, claimed or submitted (spot-check twins aside).
-SELECT count(*) AS n FROM work_units
+-- Units of a version still in play (pending, claimed or submitted), counting a unit and its
+-- backup copies once; spot-check twins aside.
+SELECT count(DISTINCT coalesce(backup_of, id)) AS n FROM work_units
 WHERE run_id = %(run_id)s AND version = %(version)s AND twin_of IS NULL
   AND state IN ('pending', 'claimed', 'submitted');
 
 -- expire_leases --
--- Put units whose lease ran out (on the server's clock) back in the queue.
+-- Put units whose lease ran out (on the server's clock) back in the queue. A unit a student
+-- holds locked (an upload stalled mid-COPY) is skipped, not waited for: the next tick sees it.
 UPDATE work_units
 SET state = 'pending', worker_id = NULL, lease_expires_at = NULL, reissued = reissued + 1
-WHERE run_id = %(run_id)s AND state = 'claimed' AND lease_expires_at < now()
+WHERE id IN (SELECT id FROM work_units
+             WHERE run_id = %(run_id)s AND state = 'claimed' AND lease_expires_at < now()
+             FOR UPDATE SKIP LOCKED)
 RETURNING id;
 
 -- waiting_results --
--- Results submitted for a version and not yet decided, in unit order, locked.
+-- Results submitted for a version and not yet decided, in unit order (first arrived first
+-- within a family of copies), locked.
 SELECT r.id, r.unit_id, r.worker_id, r.samples, r.g_loss, r.d_loss, r.d_real, r.d_fake,
-       u.epoch, u.indices, u.twin_of, u.phase,
-       coalesce(u.seq, t.seq, p.seq, tp.seq) AS seq
+       u.epoch, u.indices, u.twin_of, u.phase, coalesce(u.backup_of, u.id) AS family,
+       coalesce(u.seq, b.seq, t.seq, p.seq, pb.seq, tp.seq, tpb.seq) AS seq
 FROM results AS r
 JOIN work_units AS u ON u.id = r.unit_id
-LEFT JOIN work_units AS t ON t.id = u.twin_of
-LEFT JOIN work_units AS p ON p.id = u.phase_of
+LEFT JOIN work_units AS b ON b.id = u.backup_of      -- a copy: its unit's
+LEFT JOIN work_units AS t ON t.id = u.twin_of        -- a twin: its original's
+LEFT JOIN work_units AS p ON p.id = u.phase_of       -- a G unit: its D unit's ...
+LEFT JOIN work_units AS pb ON pb.id = p.backup_of    -- ... or the unit that D unit copied
 LEFT JOIN work_units AS tp ON tp.id = t.phase_of
+LEFT JOIN work_units AS tpb ON tpb.id = tp.backup_of
 WHERE r.run_id = %(run_id)s AND r.version = %(version)s AND r.status = 'submitted'
-ORDER BY coalesce(u.seq, t.seq, p.seq, tp.seq), u.twin_of NULLS FIRST
-FOR UPDATE OF r, u;
+ORDER BY coalesce(u.seq, b.seq, t.seq, p.seq, pb.seq, tp.seq, tpb.seq), u.twin_of NULLS FIRST,
+         r.id
+-- A row a student holds locked is left for a later tick rather than waited for.
+FOR UPDATE OF r, u SKIP LOCKED;
 
 -- count_waiting_results --
--- Results for a version waiting to be applied, spot checks still being computed, and the
--- units issued (a G phase has as many units as its D phase applied).
+-- For a version: units (families of copies) with a result waiting to be applied, units
+-- still in play (a G phase has only as many as its D phase applied, less those refused
+-- everywhere), and spot checks being computed that are still worth waiting for (claimed
+-- less than `patience_s` ago).
 SELECT
-    (SELECT count(*) FROM work_units
+    (SELECT count(DISTINCT coalesce(backup_of, id)) FROM work_units
      WHERE run_id = %(run_id)s AND version = %(version)s AND twin_of IS NULL
-       AND state <> 'cancelled') AS issued,
-    (SELECT count(*) FROM results AS r JOIN work_units AS u ON u.id = r.unit_id
+       AND state IN ('pending', 'claimed', 'submitted')) AS open,
+    (SELECT count(DISTINCT coalesce(u.backup_of, u.id))
+     FROM results AS r JOIN work_units AS u ON u.id = r.unit_id
      WHERE r.run_id = %(run_id)s AND r.version = %(version)s AND r.status = 'submitted'
        AND u.twin_of IS NULL) AS n,
     (SELECT count(*) FROM work_units
      WHERE run_id = %(run_id)s AND version = %(version)s AND twin_of IS NOT NULL
-       AND state = 'claimed') AS twins_computing;
+       AND state = 'claimed'
+       AND claimed_at > now() - make_interval(secs => %(patience_s)s)) AS twins_computing;
 
 -- apply_result --
 -- Mark a result and its unit applied, and record what it contributed to which version.
+-- family_id is UNIQUE: of a unit and its backup copies, one result at most is applied.
 WITH r AS (
     UPDATE results SET status = 'applied', decided_at = now()
     WHERE id = %(result_id)s AND status = 'submitted'
     RETURNING id, unit_id, worker_id, samples
 ), u AS (
     UPDATE work_units SET state = 'applied' FROM r WHERE work_units.id = r.unit_id
+    RETURNING work_units.id, coalesce(work_units.backup_of, work_units.id) AS family
 )
-INSERT INTO version_contributions (run_id, version, unit_id, result_id, worker_id, samples, weight)
-SELECT %(run_id)s, %(version)s, r.unit_id, r.id, r.worker_id, r.samples, %(weight)s FROM r;
+INSERT INTO version_contributions (run_id, version, unit_id, result_id, worker_id, samples, weight,
+                                   family_id)
+SELECT %(run_id)s, %(version)s, r.unit_id, r.id, r.worker_id, r.samples, %(weight)s, u.family
+FROM r JOIN u ON u.id = r.unit_id;
 
 -- reject_result --
 -- Refuse a submitted result: record why, and mark it and its unit rejected.
@@ -170,7 +191,7 @@ TO STDOUT (FORMAT BINARY);
 
 -- arrived_results --
 -- Results of a version that have landed and await their step (read as they arrive).
-SELECT r.id, r.samples, u.twin_of, u.phase
+SELECT r.id, r.samples, u.twin_of, u.phase, coalesce(u.backup_of, u.id) AS family
 FROM results AS r JOIN work_units AS u ON u.id = r.unit_id
 WHERE r.run_id = %(run_id)s AND r.version = %(version)s AND r.status = 'submitted'
 ORDER BY r.id;
@@ -180,18 +201,21 @@ ORDER BY r.id;
 DELETE FROM result_payloads WHERE result_id = %(result_id)s;
 
 -- cancel_stale_units --
--- Cancel the units of older versions that no result came back for; returns their images.
+-- Cancel the units of older versions that no result came back for (give_back_unapplied
+-- returns their images). Rows a student holds locked are left for a later tick.
 UPDATE work_units
 SET state = 'cancelled', lease_expires_at = NULL
-WHERE run_id = %(run_id)s AND version < %(version)s AND state IN ('pending', 'claimed')
-RETURNING id, epoch, indices, twin_of, phase;
+WHERE id IN (SELECT id FROM work_units
+             WHERE run_id = %(run_id)s AND version < %(version)s AND state IN ('pending', 'claimed')
+             FOR UPDATE SKIP LOCKED)
+RETURNING id;
 
 -- stale_results --
 -- Results of older versions still waiting: they lost the race to form their step.
 SELECT r.id, r.worker_id, u.epoch, u.indices, u.twin_of, u.phase, r.version
 FROM results AS r JOIN work_units AS u ON u.id = r.unit_id
 WHERE r.run_id = %(run_id)s AND r.version < %(version)s AND r.status = 'submitted'
-FOR UPDATE OF r;
+FOR UPDATE OF r SKIP LOCKED;
 
 -- insert_version --
 -- Record a published version.
@@ -204,12 +228,14 @@ COPY version_weights (run_id, version, weights) FROM STDIN (FORMAT BINARY);
 
 -- replay_contributions --
 -- The results that formed a version, in the order the step took them (for a replay).
-SELECT c.result_id AS id, c.samples, u.phase, coalesce(u.seq, p.seq) AS seq
+SELECT c.result_id AS id, c.samples, u.phase, coalesce(u.seq, b.seq, p.seq, pb.seq) AS seq
 FROM version_contributions AS c
 JOIN work_units AS u ON u.id = c.unit_id
+LEFT JOIN work_units AS b ON b.id = u.backup_of
 LEFT JOIN work_units AS p ON p.id = u.phase_of
+LEFT JOIN work_units AS pb ON pb.id = p.backup_of
 WHERE c.run_id = %(run_id)s AND c.version = %(version)s
-ORDER BY coalesce(u.seq, p.seq);
+ORDER BY coalesce(u.seq, b.seq, p.seq, pb.seq), c.result_id;
 
 -- delete_checkpointed_payloads --
 -- Applied results are kept until a checkpoint holds their effect; then they can go.
@@ -328,6 +354,10 @@ SELECT r.name, r.status, r.current_version, r.images_applied, r.dataset_size,
        (SELECT count(*) FROM work_units WHERE run_id = r.id AND state = 'applied') AS units_applied,
        (SELECT count(*) FROM rejections WHERE run_id = r.id) AS units_rejected,
        (SELECT coalesce(sum(reissued), 0) FROM work_units WHERE run_id = r.id) AS units_reissued,
+       (SELECT count(*) FROM work_units WHERE run_id = r.id AND backup_of IS NOT NULL)
+           AS units_copied,
+       (SELECT count(*) FROM work_units WHERE run_id = r.id AND state = 'quarantined'
+          AND backup_of IS NULL) AS units_quarantined,
        (SELECT count(*) FROM workers
         WHERE run_id = r.id AND left_at IS NULL
           AND last_heartbeat > now() - make_interval(secs => (r.config ->> 'lease_s')::float8))
@@ -539,26 +569,30 @@ LISTEN ganpool_version;
 VACUUM (SKIP_LOCKED) result_payloads, version_weights, coordinator_state, samples;
 
 -- set_grad_norm --
--- Record the gradient norm the coordinator measured on a result.
-UPDATE results SET grad_norm = %(grad_norm)s WHERE id = %(result_id)s;
+-- Record the gradient norms the coordinator measured on a result (whole, and per network).
+UPDATE results SET grad_norm = %(grad_norm)s, norm_g = %(norm_g)s, norm_d = %(norm_d)s
+WHERE id = %(result_id)s;
 
 -- recent_norms --
 -- Gradient norms measured on the most recent results of one phase (applied or refused),
 -- for the norm check after a restart.
-SELECT r.grad_norm FROM results AS r JOIN work_units AS u ON u.id = r.unit_id
+SELECT r.norm_g, r.norm_d FROM results AS r JOIN work_units AS u ON u.id = r.unit_id
 WHERE r.run_id = %(run_id)s AND r.grad_norm IS NOT NULL AND u.phase = %(phase)s
 ORDER BY r.id DESC LIMIT %(limit)s;
 
 -- insert_g_units --
 -- The alternating rule's G phase: one unit per D-phase unit applied in the step that
 -- produced this version, with the same images (for the batch size) and the same noise.
+-- Returns the new units (their noise seed picks the spot-checked ones).
 INSERT INTO work_units (run_id, seq, version, epoch, indices, noise_seed, phase, phase_of)
 SELECT u.run_id, NULL, %(version)s, u.epoch, u.indices, u.noise_seed, 'G', u.id
 FROM version_contributions AS c JOIN work_units AS u ON u.id = c.unit_id
+LEFT JOIN work_units AS b ON b.id = u.backup_of
 WHERE c.run_id = %(run_id)s AND c.version = %(version)s AND u.phase = 'D'
   AND NOT EXISTS (SELECT 1 FROM work_units AS g
                   WHERE g.phase_of = u.id AND g.version = %(version)s)
-ORDER BY u.seq;
+ORDER BY coalesce(u.seq, b.seq)
+RETURNING id, noise_seed;
 
 -- verify_result --
 -- A spot-check twin that agreed (or lost its pair): done, never applied itself.
@@ -585,7 +619,9 @@ WHERE id = %(worker_id)s;
 -- Disable a worker whose trust fell below the run's threshold after disagreeing with at
 -- least two different peers (one peer alone cannot say who was wrong), and its student.
 WITH locked AS (  -- FOR UPDATE: a worker call in flight finishes first, later ones see this
-    SELECT id FROM workers WHERE id = %(worker_id)s FOR UPDATE
+    -- SKIP LOCKED: a worker row a student keeps locked is not waited for; its results are
+    -- held out anyway, and the next disagreement tries again.
+    SELECT id FROM workers WHERE id = %(worker_id)s FOR UPDATE SKIP LOCKED
 ), w AS (
     UPDATE workers SET disabled = true
     WHERE id = (SELECT id FROM locked) AND trust < %(below)s AND NOT disabled
@@ -820,3 +856,164 @@ SELECT ganpool_viewer_remove(%(name)s) AS role_name;
 SELECT has_table_privilege('runs', 'SELECT') AND has_table_privilege('workers', 'SELECT')
        AND has_table_privilege('step_metrics', 'SELECT')
        AND has_table_privilege('samples', 'SELECT') AS readable;
+-- set_tick_lock_timeout --
+-- Nothing the coordinator does waits long on a lock a student may hold: a tick that would
+-- is rolled back and tried again on the next one.
+SET LOCAL lock_timeout = '1s';
+
+-- recent_unit_seconds --
+-- How long the run's recent units took from claim to submission (server clock), median.
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s) AS seconds, count(*) AS n FROM (
+    SELECT extract(epoch FROM x.submitted_at - u.claimed_at) AS s
+    FROM results AS x JOIN work_units AS u ON u.id = x.unit_id
+    WHERE x.run_id = %(run_id)s AND u.worker_id = x.worker_id
+    ORDER BY x.id DESC LIMIT 32
+) AS recent;
+
+-- issue_backups --
+-- Backup copies (MapReduce's backup tasks): a unit of this version held longer than
+-- `after_s` with no result yet gets a pending copy for an idle worker of another student,
+-- at most one pending copy at a time and `max_copies` copies in all. Twins are not copied:
+-- the step stops waiting for them instead.
+INSERT INTO work_units (run_id, seq, version, epoch, indices, noise_seed, phase, phase_of,
+                        backup_of)
+SELECT f.run_id, NULL, f.version, f.epoch, f.indices, f.noise_seed, f.phase, f.phase_of, f.id
+FROM work_units AS f
+WHERE f.run_id = %(run_id)s AND f.version = %(version)s AND f.backup_of IS NULL
+  AND f.twin_of IS NULL
+  AND EXISTS (SELECT 1 FROM work_units AS m
+              WHERE (m.id = f.id OR m.backup_of = f.id) AND m.state = 'claimed'
+                AND m.claimed_at < now() - make_interval(secs => %(after_s)s))
+  AND NOT EXISTS (SELECT 1 FROM work_units AS m
+                  WHERE (m.id = f.id OR m.backup_of = f.id)
+                    AND (m.state IN ('pending', 'submitted', 'applied', 'quarantined')
+                         OR (m.state = 'claimed'
+                             AND m.claimed_at >= now() - make_interval(secs => %(after_s)s))))
+  AND (SELECT count(*) FROM work_units AS m WHERE m.backup_of = f.id) < %(max_copies)s
+ORDER BY f.seq, f.id
+RETURNING backup_of;
+
+-- reissue_refused --
+-- A unit of this version whose every copy was refused goes out again, to another student
+-- (the claim rule skips whoever already worked on it), up to `max_copies` copies: a refused
+-- G-phase unit included, so the alternating rule never waits on a refusal for good.
+INSERT INTO work_units (run_id, seq, version, epoch, indices, noise_seed, phase, phase_of,
+                        backup_of)
+SELECT f.run_id, NULL, f.version, f.epoch, f.indices, f.noise_seed, f.phase, f.phase_of, f.id
+FROM work_units AS f
+WHERE f.run_id = %(run_id)s AND f.version = %(version)s AND f.backup_of IS NULL
+  AND f.twin_of IS NULL AND NOT f.images_returned
+  AND EXISTS (SELECT 1 FROM work_units AS m
+              WHERE (m.id = f.id OR m.backup_of = f.id) AND m.state = 'rejected')
+  AND NOT EXISTS (SELECT 1 FROM work_units AS m
+                  WHERE (m.id = f.id OR m.backup_of = f.id)
+                    AND m.state IN ('pending', 'claimed', 'submitted', 'applied', 'quarantined'))
+  AND (SELECT count(*) FROM work_units AS m WHERE m.backup_of = f.id) < %(max_copies)s
+ORDER BY f.seq, f.id
+RETURNING backup_of;
+
+-- give_back_unapplied --
+-- Images of units (before `version`) that are out of play with no copy applied go back to
+-- their epoch, once per unit and its copies. G-phase units and twins hold no images of
+-- their own. A unit a student holds locked is left for a later tick.
+WITH done AS (
+    SELECT f.id, f.epoch, f.indices, f.seq FROM work_units AS f
+    WHERE f.run_id = %(run_id)s AND f.version < %(version)s AND f.backup_of IS NULL
+      AND f.twin_of IS NULL AND f.phase <> 'G' AND NOT f.images_returned
+      AND f.state IN ('rejected', 'cancelled')
+      AND NOT EXISTS (SELECT 1 FROM work_units AS m
+                      WHERE m.backup_of = f.id
+                        AND m.state IN ('pending', 'claimed', 'submitted', 'applied',
+                                        'quarantined'))
+    FOR UPDATE OF f SKIP LOCKED
+), marked AS (
+    UPDATE work_units SET images_returned = true FROM done WHERE work_units.id = done.id
+), images AS (
+    SELECT d.epoch, array_agg(i ORDER BY d.seq, k) AS indices
+    FROM done AS d CROSS JOIN LATERAL unnest(d.indices) WITH ORDINALITY AS x (i, k)
+    GROUP BY d.epoch
+)
+UPDATE epochs AS e SET returned = e.returned || images.indices
+FROM images WHERE e.run_id = %(run_id)s AND e.epoch = images.epoch;
+
+-- supersede_result --
+-- A valid result of a unit whose copy's result was applied first: dropped, not refused.
+WITH r AS (
+    UPDATE results SET status = 'superseded', decided_at = now()
+    WHERE id = %(result_id)s AND status = 'submitted'
+    RETURNING unit_id
+)
+UPDATE work_units SET state = 'cancelled' FROM r WHERE work_units.id = r.unit_id;
+
+-- quarantine_units --
+-- Units that `after` different students (or workers) reported they cannot compute, and that
+-- no copy has computed: set aside with the reasons given, for the instructor to see. Returns
+-- the first unit of each with the images reported bad.
+WITH failing AS (
+    SELECT family_id, array_agg(DISTINCT image_index) FILTER (WHERE image_index IS NOT NULL)
+               AS bad,
+           string_agg(DISTINCT reason, '; ') AS reasons
+    FROM unit_failures WHERE run_id = %(run_id)s
+    GROUP BY family_id HAVING count(DISTINCT who) >= %(after)s
+), set_aside AS (
+    UPDATE work_units AS u
+    SET state = 'quarantined', worker_id = NULL, lease_expires_at = NULL,
+        quarantine_reason = failing.reasons
+    FROM failing
+    WHERE coalesce(u.backup_of, u.id) = failing.family_id AND u.state IN ('pending', 'claimed')
+      AND NOT EXISTS (SELECT 1 FROM work_units AS m
+                      WHERE coalesce(m.backup_of, m.id) = failing.family_id
+                        AND m.state IN ('submitted', 'applied'))
+      AND u.id IN (SELECT id FROM work_units WHERE run_id = %(run_id)s
+                   AND state IN ('pending', 'claimed') FOR UPDATE SKIP LOCKED)
+    RETURNING coalesce(u.backup_of, u.id) AS family_id
+)
+SELECT f.id, f.epoch, f.indices, f.phase, f.twin_of, f.images_returned,
+       coalesce(failing.bad, '{}') AS bad
+FROM work_units AS f JOIN failing ON failing.family_id = f.id
+WHERE f.id IN (SELECT family_id FROM set_aside);
+
+-- mark_images_returned --
+-- A unit's images have been accounted for (given back or quarantined).
+UPDATE work_units SET images_returned = true WHERE id = %(unit_id)s;
+
+-- quarantine_images --
+-- Count images set aside in an epoch as done, and close the epoch when all are in.
+UPDATE epochs
+SET images_quarantined = images_quarantined + %(images)s,
+    completed_at = CASE WHEN images_applied + images_quarantined + %(images)s = size
+                        THEN now() END
+WHERE run_id = %(run_id)s AND epoch = %(epoch)s;
+
+-- quarantined_units --
+-- Units set aside because workers could not compute them, with the reasons they gave.
+SELECT u.id, u.version, u.epoch, u.indices, u.quarantine_reason AS reason,
+       (SELECT array_agg(DISTINCT f.image_index) FILTER (WHERE f.image_index IS NOT NULL)
+        FROM unit_failures AS f WHERE f.family_id = u.id) AS bad_images,
+       (SELECT count(DISTINCT f.who) FROM unit_failures AS f WHERE f.family_id = u.id)
+           AS reported_by
+FROM work_units AS u
+WHERE u.run_id = %(run_id)s AND u.state = 'quarantined' AND u.backup_of IS NULL
+ORDER BY u.id DESC LIMIT %(limit)s;
+
+-- report_failure --
+-- Tell the run this worker cannot compute a unit it holds (an image that does not decode).
+SELECT ganpool_report_failure(%(worker_id)s, %(unit_id)s, %(attempt)s, %(image_index)s,
+                              %(reason)s) AS reported;
+
+-- abandon_unclaimed_copies --
+-- Copies of this version nobody could claim for `after_s` (every other student busy or
+-- excluded) are dropped; a refused unit then goes back to its epoch once its copies run out.
+UPDATE work_units SET state = 'cancelled'
+WHERE id IN (SELECT id FROM work_units
+             WHERE run_id = %(run_id)s AND version = %(version)s AND backup_of IS NOT NULL
+               AND state = 'pending' AND attempt = 0
+               AND created_at < now() - make_interval(secs => %(after_s)s)
+             FOR UPDATE SKIP LOCKED)
+RETURNING id;
+
+-- quarantined_images --
+-- Images named bad by the workers of a quarantined unit: never handed out again.
+SELECT DISTINCT f.image_index AS idx
+FROM unit_failures AS f JOIN work_units AS u ON u.id = f.family_id
+WHERE f.run_id = %(run_id)s AND u.state = 'quarantined' AND f.image_index IS NOT NULL;

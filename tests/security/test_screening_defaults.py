@@ -1,0 +1,239 @@
+"""Screening under the default settings, and refusals that must not stall the run: a student
+logged in over SCRAM sends results that the old checks let through or that stopped the
+alternating rule for good. The coordinator is driven tick by tick, so each case is exact."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ganpool.coordinator import Coordinator
+from ganpool.errors import ConfigError
+from ganpool.settings import load_run_config
+from tests.helpers import make_run
+from tests.security.classroom import Logins, Student
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def logins(embedded_db, embedded_server):
+    made = Logins(embedded_db, embedded_server.port)
+    yield made
+    made.close()
+
+
+def _step(coordinator: Coordinator) -> None:
+    coordinator._collect()
+    coordinator.tick()
+
+
+def _honest_steps(coordinator: Coordinator, honest: Student, steps: int) -> None:
+    """The honest student computes every unit of `steps` versions."""
+    for _ in range(steps):
+        v = coordinator.version
+        while (unit := honest.claim()) is not None:
+            assert honest.submit(unit)["accepted"]
+        _step(coordinator)
+        assert coordinator.version == v + 1
+
+
+def _scale(prefix: str, factor: float):
+    return lambda t: {k: v * factor if k.startswith(prefix) else v for k, v in t.items()}
+
+
+def test_every_g_result_refused_is_reissued_even_across_a_restart(embedded_db, logins):
+    """Two students send one byte each for the only two G units of a version: both refused.
+    The units go out again to another student, and a coordinator restarted in that state
+    (what used to stall for good) recovers the same way."""
+    run = make_run(
+        embedded_db, "g-refused", unit_size=10, results_per_step=2, update_rule="alternating"
+    )
+    coordinator = Coordinator(embedded_db, run)
+    coordinator.start()
+    honest = Student(embedded_db, run, "honest")
+    bytes1 = Student(logins.add("byte1"), run, "byte1")
+    bytes2 = Student(logins.add("byte2"), run, "byte2")
+    try:
+        _honest_steps(coordinator, honest, 1)  # D phase: version 1 is a G phase
+        g1, g2 = bytes1.claim(), bytes2.claim()
+        assert g1["phase"] == g2["phase"] == "G"
+        bytes1.submit(g1, payload=b"x")
+        bytes2.submit(g2, payload=b"x")
+        _step(coordinator)
+        assert coordinator.version == 1  # every result of the phase was refused
+        coordinator.close()  # ... and the coordinator restarts right then
+
+        coordinator = Coordinator(embedded_db, run)
+        coordinator.start()
+        coordinator.tick()  # the refused G units are reissued
+        copies = [honest.claim(), honest.claim()]
+        assert all(c is not None and c["phase"] == "G" for c in copies)
+        for c in copies:
+            assert honest.submit(c)["accepted"]
+        _step(coordinator)
+        assert coordinator.version == 2
+        applied = coordinator.store.conn.execute(
+            "SELECT u.backup_of, c.worker_id FROM version_contributions AS c "
+            "JOIN work_units AS u ON u.id = c.unit_id WHERE c.run_id = %s AND c.version = 2",
+            (run.id,),
+        ).fetchall()
+        assert sorted(a["backup_of"] for a in applied) == sorted([g1["unit_id"], g2["unit_id"]])
+        assert {a["worker_id"] for a in applied} == {honest.id}
+        _honest_steps(coordinator, honest, 2)  # and the alternation carries on
+    finally:
+        for s in (honest, bytes1, bytes2):
+            s.close()
+        coordinator.close()
+
+
+def test_a_g_phase_refused_by_everyone_is_skipped_not_waited_for(embedded_db, logins):
+    """When no student can compute a G unit (each refused, copies exhausted or unclaimable),
+    the G step is skipped: the run carries on rather than wait for good."""
+    run = make_run(
+        embedded_db, "g-skip", unit_size=10, results_per_step=1, update_rule="alternating"
+    )
+    coordinator = Coordinator(embedded_db, run)
+    coordinator.start()
+    honest = Student(embedded_db, run, "honest")
+    try:
+        _honest_steps(coordinator, honest, 1)
+        weights = {k: v.clone() for k, v in coordinator.state.weights().items()}
+        # The only student's G result is refused (NaN gradients): the unit's copies may not
+        # go back to that student, and no one else is there to claim them.
+        unit = honest.claim()
+        honest.submit(unit, tamper=_scale("grad.", math.nan))
+        _step(coordinator)
+        assert coordinator.version == 1
+        for _ in range(12):
+            coordinator.store.conn.execute(  # copies left unclaimed past the patience
+                "UPDATE work_units SET created_at = now() - interval '1 hour' "
+                "WHERE run_id = %s AND state = 'pending'",
+                (run.id,),
+            )
+            coordinator.tick()
+            if coordinator.version == 2:
+                break
+            assert honest.claim() is None
+        assert coordinator.version == 2, "the G phase waited for good"
+        for k, v in coordinator.state.weights().items():  # G was not stepped
+            assert torch.equal(v, weights[k]), k
+        _honest_steps(coordinator, honest, 2)
+    finally:
+        honest.close()
+        coordinator.close()
+
+
+def test_batchnorm_statistics_no_batch_could_produce_are_refused(embedded_db, logins):
+    run = make_run(embedded_db, "bn", unit_size=10, results_per_step=3)
+    coordinator = Coordinator(embedded_db, run)
+    coordinator.start()
+    honest = Student(embedded_db, run, "honest")
+    m1 = Student(logins.add("negvar"), run, "negvar")
+    m2 = Student(logins.add("halfvar"), run, "halfvar")
+    try:
+        u, a, b = honest.claim(), m1.claim(), m2.claim()
+        assert honest.submit(u)["accepted"]
+
+        def negative(t):
+            return {k: -torch.ones_like(v) if "running_var" in k else v for k, v in t.items()}
+
+        m1.submit(a, tamper=negative)  # running_var = -1: the old checks let it through
+        m2.submit(b, tamper=_scale("buf.D", 0.5))  # positive, but below what any batch gives
+        _step(coordinator)
+        assert coordinator.version == 1
+        assert "variance <= 0" in m1.rejections()[-1]
+        assert "cannot come from any batch" in m2.rejections()[-1]
+        applied = coordinator.store.conn.execute(
+            "SELECT worker_id FROM version_contributions WHERE run_id = %s", (run.id,)
+        ).fetchall()
+        assert [r["worker_id"] for r in applied] == [honest.id]
+        g = coordinator.state.g.eval()
+        with torch.no_grad():
+            assert torch.isfinite(g(torch.randn(8, run.config.nz))).all()
+    finally:
+        for s in (honest, m1, m2):
+            s.close()
+        coordinator.close()
+
+
+def test_cohort_checks_are_per_network_and_cover_batchnorm(embedded_db, logins):
+    """Each network's gradient norm, and each BatchNorm statistic, is judged on its own
+    against the recent results of its phase: a variance 20x the cohort's is positive, and a
+    batch could in principle produce it, but it is refused."""
+    run = make_run(embedded_db, "cohort", unit_size=10, results_per_step=2)
+    coordinator = Coordinator(embedded_db, run)
+    coordinator.start()
+    honest = Student(embedded_db, run, "honest")
+    mallory = Student(logins.add("mallory"), run, "mallory")
+    try:
+        _honest_steps(coordinator, honest, 5)  # a cohort of 10 results
+        for tamper, reason in (
+            (_scale("grad.D", 1e4), "D's gradient norm"),
+            (_scale("grad.G", 1e4), "G's gradient norm"),
+            (_scale("buf.G", 20.0), "BatchNorm statistic G."),
+        ):
+            v = coordinator.version
+            mine, theirs = mallory.claim(), honest.claim()
+            assert honest.submit(theirs)["accepted"]
+            mallory.submit(mine, tamper=tamper)
+            _step(coordinator)
+            assert coordinator.version == v + 1
+            assert reason in mallory.rejections()[-1], mallory.rejections()
+        assert (
+            coordinator.store.conn.execute(
+                "SELECT count(*) AS n FROM version_contributions WHERE worker_id = %s",
+                (mallory.id,),
+            ).fetchone()["n"]
+            == 0
+        )
+    finally:
+        honest.close()
+        mallory.close()
+        coordinator.close()
+
+
+def test_g_phase_units_are_spot_checked(embedded_db):
+    run = make_run(
+        embedded_db,
+        "g-spot",
+        unit_size=10,
+        results_per_step=2,
+        update_rule="alternating",
+        spot_check_rate=1.0,
+    )
+    coordinator = Coordinator(embedded_db, run)
+    coordinator.start()
+    a, b = Student(embedded_db, run, "a"), Student(embedded_db, run, "b")
+    try:
+        for _ in range(2):  # a D phase, then a G phase
+            v = coordinator.version
+            for s in (a, b, a, b):
+                unit = s.claim()
+                if unit is not None:
+                    assert s.submit(unit)["accepted"]
+            for s in (a, b):
+                while (unit := s.claim()) is not None:
+                    assert s.submit(unit)["accepted"]
+            _step(coordinator)
+            assert coordinator.version == v + 1
+        checks = coordinator.store.conn.execute(
+            "SELECT u.phase, s.agreed FROM spot_checks AS s JOIN work_units AS u "
+            "ON u.id = s.unit_id WHERE s.run_id = %s",
+            (run.id,),
+        ).fetchall()
+        assert sorted(c["phase"] for c in checks) == ["D", "D", "G", "G"]
+        assert all(c["agreed"] for c in checks)
+    finally:
+        a.close()
+        b.close()
+        coordinator.close()
+
+
+@pytest.mark.parametrize("rule", ["trimmed_mean", "median", "clip"])
+def test_robust_rules_are_refused_below_three_results(rule):
+    with pytest.raises(ConfigError, match="reduce to the mean"):
+        load_run_config(overrides={"aggregation": rule, "results_per_step": 2})
+    assert load_run_config(overrides={"aggregation": rule, "results_per_step": 3})
