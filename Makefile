@@ -28,7 +28,7 @@ test: $(STAMP) wheel
 	@test -x /usr/bin/chromium || apt-get install -y chromium >/dev/null  # browser tests
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	GANPOOL_TEST_WHEEL_DIR=dist $(BIN)/python -m pytest
+	GANPOOL_TEST_WHEEL_DIR=dist $(BIN)/python -m pytest --durations=15
 
 # Performance figures (not part of `make test`): bench/results/latest.json + a table.
 bench: $(STAMP)
