@@ -162,10 +162,12 @@ def _refused_by(conn, sql: str, params: tuple) -> str:
     return e.value.diag.constraint_name
 
 
+# family_id: a unit and its backup copies (migration 0008); a family no row has yet is
+# negative here, so that only the constraint under test can refuse the row.
 CONTRIBUTION = (
     "INSERT INTO version_contributions "
-    "(run_id, version, unit_id, result_id, worker_id, samples, weight) "
-    "VALUES (%s, 1, %s, %s, %s, %s, 0.5)"
+    "(run_id, version, unit_id, result_id, worker_id, samples, weight, family_id) "
+    "VALUES (%s, 1, %s, %s, %s, %s, 0.5, %s)"
 )
 
 
@@ -174,7 +176,7 @@ def test_an_applied_unit_refuses_a_different_second_result(applied):
     name = _refused_by(
         conn,
         CONTRIBUTION,
-        (first["run_id"], first["unit_id"], waiting["id"], waiting["worker_id"], 10),
+        (first["run_id"], first["unit_id"], waiting["id"], waiting["worker_id"], 10, -1),
     )
     assert name == _unique_constraint(conn, "version_contributions", "unit_id")
 
@@ -184,9 +186,33 @@ def test_an_applied_result_cannot_be_counted_for_another_unit(applied):
     name = _refused_by(
         conn,
         CONTRIBUTION,
-        (first["run_id"], waiting["unit_id"], first["result_id"], first["worker_id"], 10),
+        (first["run_id"], waiting["unit_id"], first["result_id"], first["worker_id"], 10, -1),
     )
     assert name == _unique_constraint(conn, "version_contributions", "result_id")
+
+
+def test_an_applied_family_refuses_a_copy_s_result(applied):
+    """A backup copy's result is a new unit and a new result: only the family's UNIQUE index
+    keeps the unit it copies from being applied twice."""
+    conn, first, waiting = applied
+    name = _refused_by(
+        conn,
+        CONTRIBUTION,
+        (
+            first["run_id"],
+            waiting["unit_id"],
+            waiting["id"],
+            waiting["worker_id"],
+            10,
+            first["family_id"],
+        ),
+    )
+    unique = conn.execute(
+        "SELECT i.indisunique FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid "
+        "WHERE c.relname = %s",
+        (name,),
+    ).fetchone()
+    assert name == "version_contributions_family" and unique["indisunique"]
 
 
 def test_an_applied_unit_refuses_a_second_submission_row(applied):
