@@ -287,6 +287,9 @@ def test_a_listener_left_idle_in_a_transaction_is_ended(db, embedded_server):
         while admin.conn.execute(alive, (pinning.conn.info.backend_pid,)).fetchone()["n"]:
             assert time.monotonic() < deadline, "the pinning session was not ended"
             time.sleep(0.2)
+        # The session can be gone before the sweeper's thread has read the server's reply.
+        while not sweep.ended and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert sweep.ended == 1
         assert idle.conn.execute("SELECT 1 AS one").fetchone()["one"] == 1
     finally:
