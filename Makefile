@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch from this machine's disk (the CPU wheel), never a CUDA build from an index.
 PIP    := $(BIN)/pip install --quiet -c constraints.txt
 
-.PHONY: demo test wheel bench lint format clean
+.PHONY: demo test wheel bench lint format clean schema
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(STAMP) wheel
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	GANPOOL_TEST_WHEEL_DIR=dist $(BIN)/python -m pytest --durations=15
+
+# src/ganpool/store/sql/schema.sql: what the migrations make, dumped from a freshly migrated
+# database on a private PostgreSQL 18. Run it after adding (or merging) a migration.
+schema: $(STAMP)
+	$(BIN)/python tools/dump_schema.py
 
 # Performance figures (not part of `make test`): bench/results/latest.json + a table.
 bench: $(STAMP)

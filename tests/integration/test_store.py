@@ -3,6 +3,7 @@ import pytest
 
 from ganpool.errors import GanpoolError
 from ganpool.store import SCHEMA_VERSION, Store, check_schema, connect, migrate
+from ganpool.store.queries import migrations
 
 
 def test_migrate_is_idempotent_and_recorded(empty_db):
@@ -18,11 +19,13 @@ def test_migrate_is_idempotent_and_recorded(empty_db):
         "0006_class_schema",
         "0007_class_tools",
         "0008_backup_units",
+        "0010_one_caller_check",
     ]
     assert migrate(conn) == []
     check_schema(conn)
     rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
-    assert [r["version"] for r in rows] == list(range(1, SCHEMA_VERSION + 1))
+    assert [r["version"] for r in rows] == [n for n, _, _ in migrations()]
+    assert rows[-1]["version"] == SCHEMA_VERSION
     conn.close()
 
 

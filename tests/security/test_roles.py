@@ -128,7 +128,7 @@ FORBIDDEN = [
     ("UPDATE work_units SET state = 'pending'", "the queue"),
     ("INSERT INTO rejections (run_id, worker_id, reason) VALUES (1, 1, 'x')", "rejections"),
     ("SELECT ganpool_student_add('eve', 'x')", "creating logins"),
-    ("SELECT ganpool_reject(1, 1, 0, 'x')", "internal functions"),
+    ("SELECT ganpool_hold_limit(1, 1)", "internal functions"),
     ("SELECT ganpool_student_disable('bob')", "disabling others"),
 ]
 

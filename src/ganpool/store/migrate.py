@@ -6,6 +6,12 @@ class's owner role. Each later migration runs with `search_path = ganpool`, so t
 unqualified names resolve there and its new objects land there; after it, every object in
 the schema is handed to the owner role and closed to PUBLIC (`adopt_objects`). Migrations
 0001-0005 ran in `public`, and 0006 moves what they made.
+
+Migrations are append-only once applied. The ledger (`schema_migrations`, made by
+`sql/bootstrap.sql` before any migration) keeps the sha256 of each applied migration's
+file; `migrate` refuses to run when an applied migration's file has changed since, as
+Flyway and sqitch do. A migration applied before checksums were kept gets its file's
+checksum recorded at the next `migrate` (the baseline), and is checked from then on.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import logging
 import psycopg
 
 from ganpool.errors import GanpoolError
-from ganpool.store.queries import migrations, named_queries, sql_file
+from ganpool.store.queries import checksum, migrations, named_queries, sql_file
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,7 @@ def migrate(conn: psycopg.Connection, class_key: str | None = None) -> list[str]
                 f"the database schema (version {max(have)}) is newer than this ganpool "
                 f"(version {SCHEMA_VERSION}): upgrade ganpool"
             )
+        _check_applied(cur)
         for number, name, sql in migrations():
             if number in have:
                 continue
@@ -67,10 +74,32 @@ def migrate(conn: psycopg.Connection, class_key: str | None = None) -> list[str]
             if own:
                 cur.execute(q["adopt_objects"])
             cur.execute(q["set_search_path"], {"path": "ganpool, public"})
-            cur.execute(q["record_migration"], {"version": number, "name": name})
+            cur.execute(
+                q["record_migration"], {"version": number, "name": name, "checksum": checksum(sql)}
+            )
             done.append(f"{number:04d}_{name}")
         cur.execute(q["secure_database"])
     return done
+
+
+def _check_applied(cur: psycopg.Cursor) -> None:
+    """Refuse an applied migration whose file has changed; record the baseline checksum of
+    one applied before checksums were kept."""
+    q = named_queries()
+    files = {number: (name, checksum(sql)) for number, name, sql in migrations()}
+    cur.execute(q["migration_checksums"])
+    for row in cur.fetchall():
+        name, now = files.get(row["version"], (row["name"], None))
+        if now is None:  # newer than this program: refused by the version check
+            continue
+        if row["checksum"] is None:
+            cur.execute(q["record_checksum"], {"version": row["version"], "checksum": now})
+        elif row["checksum"] != now:
+            raise GanpoolError(
+                f"migration {row['version']:04d}_{name}.sql has changed since it was applied "
+                "to this database: migrations are append-only, restore the file and add a "
+                "new migration instead"
+            )
 
 
 def check_schema(conn: psycopg.Connection) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from functools import cache
 from importlib import resources
@@ -30,11 +31,18 @@ def sql_file(name: str) -> str:
 
 
 def migrations() -> list[tuple[int, str, str]]:
-    """(number, name, sql) for every `sql/migrations/NNNN_name.sql`, in order."""
+    """(number, name, sql) for every `sql/migrations/NNNN_name.sql`, in order. The text is
+    the file's bytes decoded as they are (no newline translation): `checksum(sql)` is the
+    file's own sha256."""
     folder = resources.files("ganpool.store").joinpath("sql/migrations")
     out = []
     for entry in folder.iterdir():
         m = re.fullmatch(r"(\d{4})_([a-z0-9_]+)\.sql", entry.name)
         if m:
-            out.append((int(m.group(1)), m.group(2), entry.read_text()))
+            out.append((int(m.group(1)), m.group(2), entry.read_bytes().decode("utf-8")))
     return sorted(out)
+
+
+def checksum(sql: str) -> str:
+    """A migration's fingerprint in the ledger: the sha256 of its file, in hex."""
+    return hashlib.sha256(sql.encode("utf-8")).hexdigest()

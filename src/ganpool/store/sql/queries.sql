@@ -547,9 +547,19 @@ SELECT version FROM ganpool.schema_migrations ORDER BY version;
 -- The same, for a database whose objects are still in public.
 SELECT version FROM public.schema_migrations ORDER BY version;
 
+-- migration_checksums --
+-- What the ledger knows of each applied migration (after bootstrap.sql: the column exists).
+SELECT version, name, checksum FROM schema_migrations ORDER BY version;
+
 -- record_migration --
--- Note a migration as applied.
-INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s);
+-- Note a migration as applied, with the sha256 of its file.
+INSERT INTO schema_migrations (version, name, checksum)
+VALUES (%(version)s, %(name)s, %(checksum)s);
+
+-- record_checksum --
+-- The baseline: a migration applied before checksums were kept gets its file's now.
+UPDATE schema_migrations SET checksum = %(checksum)s
+WHERE version = %(version)s AND checksum IS NULL;
 
 -- take_ownership --
 -- Become the only coordinator of a run (what = 'coordinator:<run id>'), unless a live
