@@ -18,7 +18,6 @@ from ganpool.errors import ConfigError
 from ganpool.models.dcgan import ModelConfig
 
 DATASETS = ("faces", "folder")
-STALENESS_POLICIES = ("reject",)
 AGGREGATIONS = ("mean", "clip", "trimmed_mean", "median")
 TRANSPORTS = ("float32", "bfloat16", "float16")
 
@@ -40,7 +39,6 @@ class RunConfig:
     units_per_step: int = 0  # units issued per version; 0 means = results_per_step
     step_deadline_s: float = 0.0  # step with >= 1 result after this long; 0 = wait for N
     lease_s: float = 60.0  # a claim lasts this long unless the worker heartbeats
-    staleness: str = "reject"  # what happens to a result computed on an older version
     # Stragglers (MapReduce's backup tasks): a unit held longer than this many times the
     # run's recent time per unit gets a copy for an idle worker of another student; the
     # first valid result is applied. 0 = off.
@@ -124,6 +122,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        values = _drop_retired(values)
         known = _defaults()
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -134,6 +133,21 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         return self.from_dict({**self.to_dict(), **changes})
+
+
+# Settings that no longer exist, with the one value each could hold: an old run's stored
+# config (or an old TOML file) that says it still loads; any other value is refused.
+RETIRED = {"staleness": "reject"}  # stale results are always rejected (docs/protocol.md)
+
+
+def _drop_retired(values: dict[str, Any]) -> dict[str, Any]:
+    for name, only in RETIRED.items():
+        if name in values and values[name] != only:
+            raise ConfigError(
+                f"setting {name!r} = {values[name]!r} is no longer supported: it was retired, "
+                f"and the only behaviour left is {only!r}; remove it"
+            )
+    return {k: v for k, v in values.items() if k not in RETIRED}
 
 
 def _defaults() -> dict[str, Any]:
@@ -190,9 +204,6 @@ def validate(c: RunConfig) -> None:
         "update_rule",
         c.update_rule,
         "must be 'simultaneous' or 'alternating'",
-    )
-    _check(
-        c.staleness in STALENESS_POLICIES, "staleness", c.staleness, f"one of {STALENESS_POLICIES}"
     )
     for name in ("lr_g", "lr_d"):
         v = getattr(c, name)

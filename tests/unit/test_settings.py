@@ -52,3 +52,16 @@ def test_bad_files(tmp_path):
     bad.write_text("[run\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_run_config(bad)
+
+
+def test_an_old_runs_config_naming_the_retired_staleness_setting_still_loads(tmp_path):
+    """`staleness` had one legal value and nothing read it: it is gone, but a run stored
+    before (its config JSON says "staleness": "reject") and an old TOML file still load."""
+    stored = {**RunConfig().to_dict(), "staleness": "reject"}
+    assert RunConfig.from_dict(stored) == RunConfig()
+    assert "staleness" not in RunConfig().to_dict()
+    f = tmp_path / "old.toml"
+    f.write_text('[run]\nstaleness = "reject"\nseed = 3\n')
+    assert load_run_config(f).seed == 3
+    with pytest.raises(ConfigError, match="'staleness' = 'accept' is no longer supported"):
+        RunConfig.from_dict({"staleness": "accept"})

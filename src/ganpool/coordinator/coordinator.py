@@ -69,10 +69,7 @@ from ganpool.training.state import TrainingState, WeightedMean
 
 log = logging.getLogger(__name__)
 
-MIN_NORM_COHORT = 8  # the norm check needs at least this many norms to judge by
 VACUUM_EVERY = 10  # steps between vacuums of the blob tables
-PHASES = ("both", "D", "G")
-NORM_HISTORY = 64  # accepted gradient norms remembered for the norm check
 MAX_COPIES = 4  # backup or reissued copies of one unit, at most
 BACKUP_MIN_S = 1.0  # never copy a unit held for less than this
 TICKS_PER_S = 100.0  # a flood of notifications (anyone may NOTIFY) cannot spin the loop faster
@@ -651,8 +648,8 @@ class Coordinator:
 
     def _cancel_stale(self, new: int, reason: str | None = None) -> None:
         """Units of older versions that did not make their step are cancelled (their images
-        go back with give_back_unapplied); results that arrived for them are rejected (the
-        `reject` staleness policy)."""
+        go back with give_back_unapplied); results that arrived for them are rejected: a result is
+        applied only to the version it was computed on."""
         self.store.execute("cancel_stale_units", run_id=self.run.id, version=new)
         for r in self.store.all("stale_results", run_id=self.run.id, version=new):
             self._reject(

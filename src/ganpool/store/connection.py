@@ -75,10 +75,6 @@ class Store:
         self.conn = conn
         self._queries = named_queries()
 
-    @classmethod
-    def open(cls, dsn: str) -> Store:
-        return cls(connect(dsn))
-
     def close(self) -> None:
         self.conn.close()
 
