@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 
 from ganpool.errors import ConfigError, GanpoolError, explain
+from ganpool.protocol.vocabulary import Phase, version_to_step
 
 log = logging.getLogger("ganpool")
 
@@ -135,14 +136,14 @@ def cmd_coordinator(args) -> int:
     store.close()
     recent = RecentImages()
     cfg = run.config
-    phase_label = {"both": "", "D": " (D phase)", "G": ""}
+    phase_label = {Phase.BOTH: "", Phase.D: " (D phase)", Phase.G: ""}
 
     def on_step(r) -> None:
         phase = cfg.phase_of(r.version - 1)
-        if phase != "G":  # a G phase reuses its D phase's images
+        if phase != Phase.G:  # a G phase reuses its D phase's images
             recent.add(r.images)
         # A D phase is the first half of the step it names; its G phase completes it.
-        step = cfg.steps_of(r.version) + (1 if phase == "D" else 0)
+        step = version_to_step(r.version, cfg.versions_per_step, started=True)
         print(
             f"step {step:6d}{phase_label[phase]:<10} | epoch {r.epochs:6.2f} | "
             f"{recent.rate():7.1f} img/s | G {_fmt(r.g_loss, '.3f')} D {_fmt(r.d_loss, '.3f')} | "
@@ -178,11 +179,11 @@ def cmd_worker(args) -> int:
     name = student or args.name or f"{os.environ.get('USER', 'student')}@{socket.gethostname()}"
 
     cfg = run.config
-    phase_label = {"both": "", "D": " (D phase)", "G": " (G phase)"}
+    phase_label = {Phase.BOTH: "", Phase.D: " (D phase)", Phase.G: " (G phase)"}
 
     def on_unit(p) -> None:
-        # A unit of version v works on the step after the steps_of(v) already done.
-        step = cfg.steps_of(p.version) + 1
+        # A unit of version v computes version v + 1: the step that version belongs to.
+        step = version_to_step(p.version + 1, cfg.versions_per_step, started=True)
         line = (
             f"[{name}] step {step}{phase_label[cfg.phase_of(p.version)]} | units {p.units} | "
             f"images {p.images} | {p.images_per_s:.1f} img/s"

@@ -11,6 +11,7 @@ import psycopg
 from ganpool.data.datasets import Dataset, check_images
 from ganpool.errors import GanpoolError
 from ganpool.models.dcgan import build_models
+from ganpool.protocol.vocabulary import RunStatus
 from ganpool.settings import RunConfig
 from ganpool.store import Store
 from ganpool.training.gradients import payload_limit, result_manifest
@@ -70,9 +71,9 @@ def find_run(store: Store, name: str | None) -> Run:
 # What each instructor action does, and the states it applies to. A finished or stopped
 # run is over: nothing turns it back into a running one.
 CONTROLS = {
-    "pause": ("paused", ("created", "running")),
-    "resume": ("running", ("paused",)),
-    "stop": ("stopped", ("created", "running", "paused")),
+    "pause": (RunStatus.PAUSED, (RunStatus.CREATED, RunStatus.RUNNING)),
+    "resume": (RunStatus.RUNNING, (RunStatus.PAUSED,)),
+    "stop": (RunStatus.STOPPED, (RunStatus.CREATED, RunStatus.RUNNING, RunStatus.PAUSED)),
 }
 
 
@@ -113,7 +114,7 @@ def delete_run(store: Store, run: Run, force: bool = False) -> None:
     """Delete a run and everything recorded for it. A run that is running, or that a
     coordinator still holds, is refused unless `force`: its class would lose its work."""
     status = store.one("run_state", run_id=run.id)["status"]
-    busy = status in ("running", "paused") or coordinator_alive(store, run.id)
+    busy = status in (RunStatus.RUNNING, RunStatus.PAUSED) or coordinator_alive(store, run.id)
     if busy and not force:
         raise GanpoolError(
             f"run {run.name!r} is {status}"

@@ -16,6 +16,7 @@ import torch
 
 from ganpool.errors import ConfigError
 from ganpool.models.dcgan import ModelConfig
+from ganpool.protocol.vocabulary import Phase, version_to_step
 
 DATASETS = ("faces", "folder")
 AGGREGATIONS = ("mean", "clip", "trimmed_mean", "median")
@@ -101,13 +102,13 @@ class RunConfig:
     def steps_of(self, version: int) -> int:
         """The paper's steps completed once `version` is published: what a person reads as
         "step" everywhere (a D phase alone has not finished its step)."""
-        return max(0, version) // self.versions_per_step
+        return version_to_step(version, self.versions_per_step)
 
-    def phase_of(self, version: int) -> str:
-        """What the units of a version compute: "both", or "D" then "G" alternately."""
+    def phase_of(self, version: int) -> Phase:
+        """What the units of a version compute: both, or D then G alternately."""
         if self.update_rule != "alternating":
-            return "both"
-        return "D" if version % 2 == 0 else "G"
+            return Phase.BOTH
+        return Phase.D if version % 2 == 0 else Phase.G
 
     @property
     def transport_dtype(self) -> torch.dtype:

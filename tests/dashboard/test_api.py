@@ -56,7 +56,7 @@ def test_series_are_downsampled_for_long_runs(live):
             "RETURNING id"
         ).fetchone()["id"]
         conn.execute(
-            "INSERT INTO step_metrics (run_id, step, g_loss, d_loss, d_real, d_fake, workers, "
+            "INSERT INTO step_metrics (run_id, version, g_loss, d_loss, d_real, d_fake, workers, "
             "units, images, epoch) SELECT %s, s, 1, 1, 0.5, 0.5, 100, 8, 512, s / 100.0 "
             "FROM generate_series(1, 10000) AS s",
             (run_id,),

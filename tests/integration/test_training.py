@@ -121,8 +121,8 @@ def test_alternating_rule_distributed_equals_the_papers_loop(db):
     # Images count once per step (in the D phase): 3 steps x 40 images.
     assert q("SELECT images_applied FROM runs").fetchone()["images_applied"] == 120
     metrics = q(
-        "SELECT step, g_loss IS NULL AS no_g, d_loss IS NULL AS no_d FROM step_metrics "
-        "ORDER BY step"
+        "SELECT version, g_loss IS NULL AS no_g, d_loss IS NULL AS no_d FROM step_metrics "
+        "ORDER BY version"
     ).fetchall()
     assert [(m["no_g"], m["no_d"]) for m in metrics] == [(True, False), (False, True)] * 3
     store.close()

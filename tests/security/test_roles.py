@@ -109,7 +109,7 @@ FORBIDDEN = [
     ("DELETE FROM runs", "runs"),
     ("DELETE FROM step_metrics", "metrics"),
     (
-        "INSERT INTO step_metrics (run_id, step, workers, units, images, epoch) "
+        "INSERT INTO step_metrics (run_id, version, workers, units, images, epoch) "
         "VALUES (1, 99, 1, 1, 1, 0)",
         "metrics",
     ),

@@ -60,6 +60,14 @@ from ganpool.errors import GanpoolError, OwnershipRefused, PayloadError
 from ganpool.evaluation.grid import sample_grid
 from ganpool.notices import Notice
 from ganpool.protocol.schedule import EpochState, plan_units, sample_seed, spot_check_chosen
+from ganpool.protocol.vocabulary import (
+    RUN_OVER,
+    Phase,
+    RejectionReason,
+    RunStatus,
+    step_to_version,
+    version_to_step,
+)
 from ganpool.runs import Run
 from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.store import Store, connect
@@ -155,9 +163,9 @@ class Coordinator:
         """Publish version 0, or reload the newest version and Adam state to resume."""
         with self.store.tx():
             row = self.store.one("lock_run", run_id=self.run.id)
-            if row["status"] in ("finished", "stopped") and row["current_version"] < 0:
+            if row["status"] in RUN_OVER and row["current_version"] < 0:
                 return  # ended before anything was published
-            if row["status"] not in ("finished", "stopped"):
+            if row["status"] not in RUN_OVER:
                 self.store.execute("start_run", run_id=self.run.id)
             if row["current_version"] < 0:
                 self._publish(0, images=0, epochs=0.0)
@@ -332,7 +340,7 @@ class Coordinator:
         c = self.cfg
         if self.version != before:
             self.timeline.append((time.time(), "published", self.version))
-            if self.version % (c.sample_every * c.versions_per_step) == 0:
+            if self.version % step_to_version(c.sample_every, c.versions_per_step) == 0:
                 self._store_sample(self.version)
         # Only right after a publication (or at the end), when the workers have just started
         # on the new version: never while the last result of a step may be landing.
@@ -340,7 +348,7 @@ class Coordinator:
         if self.version != self._checkpointed and (over or due):
             with self.store.tx():
                 self._save_checkpoint(self.version)
-        every = c.quality_every * c.versions_per_step
+        every = step_to_version(c.quality_every, c.versions_per_step)
         if every and self.version // every != before // every:
             self._measure_quality()  # slow (Inception on the CPU): after the step's commit
         if self.version // VACUUM_EVERY != before // VACUUM_EVERY:
@@ -351,9 +359,9 @@ class Coordinator:
 
     def _tick(self) -> bool:
         run = self.store.one("lock_run", run_id=self.run.id)
-        if run["status"] in ("finished", "stopped"):
+        if run["status"] in RUN_OVER:
             return True
-        if run["status"] != "running":
+        if run["status"] != RunStatus.RUNNING:
             self.waiting.set(
                 run["status"], f"the run is {run['status']}: waiting for `ganpool run resume`",
                 ended="the run is running again",
@@ -382,10 +390,10 @@ class Coordinator:
         # twins held past the backup threshold, don't wait).
         needed = self.cfg.results_per_step
         phase = self.cfg.phase_of(v)
-        if phase == "G":
+        if phase == Phase.G:
             needed = min(needed, waiting["open"])
         enough = waiting["n"] >= needed and waiting["twins_computing"] == 0
-        if phase == "G" and waiting["open"] == 0:
+        if phase == Phase.G and waiting["open"] == 0:
             # Every G unit was refused by every student that could take it: step without
             # G rather than wait for good (the alternating rule then carries on with D).
             log.warning("version %d: every G-phase unit was refused; skipping G's step", v)
@@ -404,7 +412,9 @@ class Coordinator:
 
     def _limit_reached(self, run: dict) -> bool:
         c = self.cfg
-        if c.max_steps and run["current_version"] >= c.max_steps * c.versions_per_step:
+        if c.max_steps and run["current_version"] >= step_to_version(
+            c.max_steps, c.versions_per_step
+        ):
             return True
         if c.max_seconds and float(run["running_s"] or 0) >= c.max_seconds:
             return True
@@ -415,9 +425,9 @@ class Coordinator:
 
     def _finish(self) -> None:
         self._cancel_stale(2**31 - 1, "the run ended before this result could be applied")
-        if self.version % (self.cfg.sample_every * self.cfg.versions_per_step):
+        if self.version % step_to_version(self.cfg.sample_every, self.cfg.versions_per_step):
             self._store_sample(self.version)  # the final version's grid, always
-        self.store.execute("set_run_status", run_id=self.run.id, status="finished")
+        self.store.execute("set_run_status", run_id=self.run.id, status=RunStatus.FINISHED)
         self._announcements.append(("notify_run_status", {}))
         log.info("run %s finished at version %d", self.run.name, self.version)
 
@@ -521,7 +531,7 @@ class Coordinator:
                 u["id"],
                 u["bad"] or "unknown",
             )
-            if u["images_returned"] or u["twin_of"] is not None or u["phase"] == "G":
+            if u["images_returned"] or u["twin_of"] is not None or u["phase"] == Phase.G:
                 continue  # no images of its own to account for
             bad = set(u["bad"]) or set(u["indices"])  # no image named: the whole unit
             good = [i for i in u["indices"] if i not in bad]
@@ -592,7 +602,7 @@ class Coordinator:
         images = sum(r["samples"] for r in accepted)
         images_weight = max(images, 1)
         # A G phase reuses its D phase's batch: its images were counted then.
-        new_images = 0 if phase == "G" else images
+        new_images = 0 if phase == Phase.G else images
         if new_images:
             for r in accepted:
                 self.store.execute(
@@ -624,7 +634,7 @@ class Coordinator:
         self.store.execute(
             "insert_step_metrics",
             run_id=self.run.id,
-            step=new,
+            version=new,
             g_loss=report.g_loss,
             d_loss=report.d_loss,
             d_real=report.d_real,
@@ -655,8 +665,8 @@ class Coordinator:
             self._reject(
                 r,
                 reason
-                or f"stale: computed on version {r['version']} but the run moved on to version "
-                f"{new}; its images went back to the epoch",
+                or f"{RejectionReason.STALE}: computed on version {r['version']} but the run "
+                f"moved on to version {new}; its images went back to the epoch",
             )
 
     def _publish(self, version: int, images: int, epochs: float) -> None:
@@ -686,13 +696,13 @@ class Coordinator:
         if self.out_dir:
             folder = self.out_dir / "samples"
             folder.mkdir(parents=True, exist_ok=True)
-            step = version // self.cfg.versions_per_step
+            step = version_to_step(version, self.cfg.versions_per_step)
             (folder / f"step_{step:06d}.png").write_bytes(png)
 
     def _issue_units(self, version: int) -> None:
         """Bring the version's live units up to units_per_step (a G phase: its D units)."""
         phase = self.cfg.phase_of(version)
-        if phase == "G":  # the G phase redoes the D phase's units, images and noise
+        if phase == Phase.G:  # the G phase redoes the D phase's units, images and noise
             for g in self.store.all("insert_g_units", run_id=self.run.id, version=version):
                 # G-phase units are spot-checked too (they are every generator update).
                 if spot_check_chosen(self.cfg.seed, g["noise_seed"], self.cfg.spot_check_rate):

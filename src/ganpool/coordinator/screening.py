@@ -18,6 +18,7 @@ import torch
 from ganpool.aggregation.robust import compare, grad_norm, robust_z
 from ganpool.errors import PayloadError
 from ganpool.models.dcgan import Discriminator, Generator
+from ganpool.protocol.vocabulary import PHASES, Phase, RejectionReason
 from ganpool.serialization.tensors import unpack
 from ganpool.settings import RunConfig
 from ganpool.store import Store
@@ -25,7 +26,6 @@ from ganpool.training.gradients import payload_limit, result_manifest
 
 log = logging.getLogger(__name__)
 
-PHASES = ("both", "D", "G")
 # A result read and checked: its tensors and the statistics the cohort checks judge
 # ("norm.G", "norm.D", "bn.<buffer>": positive numbers), or why it was refused.
 Arrived = tuple[dict[str, torch.Tensor], dict[str, float]] | PayloadError
@@ -136,7 +136,7 @@ class Screening:
 
         # Cohort checks: a result far from the cohort (recent history plus this step) in
         # either network's gradient norm, or in a BatchNorm statistic, is refused.
-        phase = rows[0]["phase"] if rows else "both"
+        phase = rows[0]["phase"] if rows else Phase.BOTH
         names = sorted({k for r, _ in valid.values() for k in stats[r["id"]] if k != "norm"})
         for name in names:
             values = {
@@ -203,8 +203,9 @@ class Screening:
                 store.execute("delete_payload", result_id=twin["id"])
             else:
                 reason = (
-                    f"spot check failed: two workers computed unit {original_id} and disagreed "
-                    f"(cosine {cosine:.3f}, norms differ by {rel_norm:.1%}); both results held out"
+                    f"{RejectionReason.SPOT_CHECK_FAILED}: two workers computed unit "
+                    f"{original_id} and disagreed (cosine {cosine:.3f}, norms differ by "
+                    f"{rel_norm:.1%}); both results held out"
                 )
                 for r in (original, twin):
                     self.reject(store, r, reason)

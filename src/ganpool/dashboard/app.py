@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 
 from ganpool.dashboard.wheel import add_wheel_routes
 from ganpool.errors import GanpoolError
+from ganpool.protocol.vocabulary import RunStatus
 from ganpool.runs import CONTROLS, Run, control_run
 from ganpool.settings import RunConfig
 from ganpool.store import Store
@@ -215,10 +216,10 @@ def create_app(
         cfg = p["config"]
         target = cfg.get("max_steps") or None
         eta = None
-        if p["status"] == "running" and rate > 0:
-            per_step = cfg["unit_size"] * cfg["results_per_step"]
+        if p["status"] == RunStatus.RUNNING and rate > 0:
+            images_per_step = cfg["unit_size"] * cfg["results_per_step"]
             if target:
-                eta = (target - p["step"]) * per_step / rate
+                eta = (target - p["step"]) * images_per_step / rate
             elif cfg.get("max_epochs"):
                 eta = (cfg["max_epochs"] - p["epochs"]) * p["dataset_size"] / rate
         return Progress(

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ganpool.models.dcgan import Discriminator, Generator
+from ganpool.protocol.vocabulary import Phase
 
 
 @dataclass
@@ -37,7 +38,7 @@ def unit_gradients(
     real: torch.Tensor | None,
     noise_seed: int,
     nz: int,
-    phase: str = "both",
+    phase: str = Phase.BOTH,
     batch: int | None = None,
 ) -> UnitResult:
     """A unit's result. `phase` "both" is the simultaneous rule (D and G gradients on the
@@ -56,7 +57,7 @@ def unit_gradients(
     nan = float("nan")
     d_loss = g_loss = out_real = out_fake = None
 
-    if phase in ("both", "D"):
+    if phase in (Phase.BOTH, Phase.D):
         # The fake batch is detached, so the D loss sends nothing into G.
         out_real = d(real)
         out_fake = d(fake.detach())
@@ -69,7 +70,7 @@ def unit_gradients(
         # G's statistics come from its one forward pass, made here.
         tensors |= {f"buf.G.{n}": t.clone() for n, t in float_buffers(g).items()}
 
-    if phase in ("both", "G"):
+    if phase in (Phase.BOTH, Phase.G):
         # Through a frozen D: D's parameters receive nothing from the generator's loss.
         d.requires_grad_(False)
         try:
@@ -89,14 +90,14 @@ def unit_gradients(
 
 
 def result_manifest(
-    g: Generator, d: Discriminator, phase: str = "both", transport: torch.dtype = torch.float32
+    g: Generator, d: Discriminator, phase: str = Phase.BOTH, transport: torch.dtype = torch.float32
 ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Names, shapes and dtypes a unit result must have for this model and phase. Gradients
     travel in the run's transport dtype; BatchNorm statistics (a few KB) always in fp32."""
     m: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-    if phase in ("both", "G"):
+    if phase in (Phase.BOTH, Phase.G):
         m |= {f"grad.G.{n}": (tuple(p.shape), transport) for n, p in g.named_parameters()}
-    if phase in ("both", "D"):
+    if phase in (Phase.BOTH, Phase.D):
         m |= {f"grad.D.{n}": (tuple(p.shape), transport) for n, p in d.named_parameters()}
         m |= {f"buf.G.{n}": (tuple(t.shape), t.dtype) for n, t in float_buffers(g).items()}
         m |= {f"buf.D.{n}": (tuple(t.shape), t.dtype) for n, t in float_buffers(d).items()}

@@ -50,6 +50,7 @@ from ganpool.data.database import DatabaseImages
 from ganpool.data.datasets import check_fingerprint, open_dataset
 from ganpool.models.dcgan import build_models
 from ganpool.notices import Notice
+from ganpool.protocol.vocabulary import RUN_OVER, Phase, RunStatus
 from ganpool.runs import Run, coordinator_alive
 from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.store import Store, connect
@@ -361,7 +362,7 @@ class Worker:
                     if unit is None:  # nothing pending, or the run is not running
                         self.empty_claims += 1
                         state = store.one("run_state", run_id=self.run.id)
-                        if state["status"] in ("finished", "stopped"):
+                        if state["status"] in RUN_OVER:
                             log.info("the run has %s", state["status"])
                             self._stopping.set()
                             _offer(self._ready, _END)
@@ -404,7 +405,7 @@ class Worker:
                             tensors = {k: v.pin_memory() for k, v in tensors.items()}
                         weights = (unit["version"], tensors)
                     real = None
-                    if unit["phase"] != "G":  # a G-phase unit: the same noise, no images
+                    if unit["phase"] != Phase.G:  # a G-phase unit: the same noise, no images
                         real = self._load_images(store, unit)
                         if real is None:
                             continue  # reported and given back
@@ -429,12 +430,12 @@ class Worker:
         """One line when work stops coming for a reason the student should know."""
         now = time.monotonic()
         self._idle_since = self._idle_since or now
-        if status == "paused":
+        if status == RunStatus.PAUSED:
             self.waiting.set(
                 "paused", "the run is paused: waiting for the instructor to resume it",
                 ended="the run is running again: back to work",
             )  # fmt: skip
-        elif status == "created":
+        elif status == RunStatus.CREATED:
             self.waiting.set(
                 "created", "the run has not started: waiting for the instructor's coordinator",
                 ended="the run has started",
@@ -538,7 +539,7 @@ class Worker:
         p.version = unit["version"]
         if verdict["accepted"]:
             p.units += 1
-            if unit["phase"] != "G":  # a G phase reuses its D phase's images
+            if unit["phase"] != Phase.G:  # a G phase reuses its D phase's images
                 p.images += len(unit["indices"])
                 p.recent.add(len(unit["indices"]))
         # Refusals at submission and at aggregation alike are recorded with their reason.

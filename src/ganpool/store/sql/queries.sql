@@ -275,10 +275,10 @@ WHERE id = %(run_id)s;
 SELECT pg_notify('ganpool_version', %(run_id)s::text || ':' || %(version)s::text);
 
 -- insert_step_metrics --
--- One step's losses and contributors.
-INSERT INTO step_metrics (run_id, step, g_loss, d_loss, d_real, d_fake, workers, units, images,
-                          epoch)
-VALUES (%(run_id)s, %(step)s, %(g_loss)s, %(d_loss)s, %(d_real)s, %(d_fake)s, %(workers)s,
+-- One published version's losses and contributors (its row in step_metrics).
+INSERT INTO step_metrics (run_id, version, g_loss, d_loss, d_real, d_fake, workers, units,
+                          images, epoch)
+VALUES (%(run_id)s, %(version)s, %(g_loss)s, %(d_loss)s, %(d_real)s, %(d_fake)s, %(workers)s,
         %(units)s, %(images)s, %(epoch)s);
 
 -- insert_sample --
@@ -386,7 +386,7 @@ ORDER BY images DESC, w.name;
 -- alternating rule its D phase (D loss, D(x), D(G(z))) and G phase (G loss) are two rows
 -- of step_metrics, one per published version, and each column is set in one of them.
 SELECT * FROM (
-    SELECT (step + %(per_step)s::int - 1) / %(per_step)s::int AS step,
+    SELECT (version + %(per_step)s::int - 1) / %(per_step)s::int AS step,
            avg(g_loss) AS g_loss, avg(d_loss) AS d_loss, avg(d_real) AS d_real,
            avg(d_fake) AS d_fake, max(workers) AS workers, max(images) AS images,
            max(epoch) AS epoch
@@ -397,7 +397,7 @@ SELECT * FROM (
 
 -- all_metrics --
 -- Every completed step's metrics in the paper's steps (see recent_metrics), for export.
-SELECT (step + %(per_step)s::int - 1) / %(per_step)s::int AS step,
+SELECT (version + %(per_step)s::int - 1) / %(per_step)s::int AS step,
        avg(g_loss) AS g_loss, avg(d_loss) AS d_loss, avg(d_real) AS d_real,
        avg(d_fake) AS d_fake, max(workers) AS workers, sum(units) AS units,
        max(images) AS images, max(epoch) AS epoch, max(created_at) AS created_at
@@ -758,7 +758,7 @@ LIMIT %(limit)s;
 -- Loss curves by the paper's step (see recent_metrics), averaged into at most max_points
 -- buckets of consecutive steps.
 WITH steps AS (
-    SELECT (step + %(per_step)s::int - 1) / %(per_step)s::int AS step,
+    SELECT (version + %(per_step)s::int - 1) / %(per_step)s::int AS step,
            avg(g_loss) AS g_loss, avg(d_loss) AS d_loss, avg(d_real) AS d_real,
            avg(d_fake) AS d_fake
     FROM step_metrics WHERE run_id = %(run_id)s

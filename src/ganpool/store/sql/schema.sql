@@ -274,7 +274,7 @@ GRANT SELECT ON spot_checks TO ganpool_<class>_viewer;
 -- table step_metrics (owner ganpool_<class>_owner)
 CREATE TABLE step_metrics (
     run_id bigint NOT NULL,
-    step integer NOT NULL,
+    version integer NOT NULL,
     g_loss real,
     d_loss real,
     d_real real,
@@ -285,9 +285,9 @@ CREATE TABLE step_metrics (
     epoch double precision NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL
 );
-ALTER TABLE step_metrics ADD CONSTRAINT step_metrics_pkey PRIMARY KEY (run_id, step);
+ALTER TABLE step_metrics ADD CONSTRAINT step_metrics_pkey PRIMARY KEY (run_id, version);
 ALTER TABLE step_metrics ADD CONSTRAINT step_metrics_run_id_fkey FOREIGN KEY (run_id) REFERENCES runs(id) ON DELETE CASCADE;
-CREATE UNIQUE INDEX step_metrics_pkey ON ganpool.step_metrics USING btree (run_id, step);
+CREATE UNIQUE INDEX step_metrics_pkey ON ganpool.step_metrics USING btree (run_id, version);
 GRANT DELETE, INSERT, MAINTAIN, REFERENCES, SELECT, TRIGGER, TRUNCATE, UPDATE ON step_metrics TO ganpool_<class>_instructor;
 GRANT SELECT ON step_metrics TO ganpool_<class>_viewer;
 

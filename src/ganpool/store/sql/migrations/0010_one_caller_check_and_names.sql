@@ -1,5 +1,5 @@
 -- One live definition of each worker function, one caller check (docs/protocol.md, "Claim,
--- heartbeat, submit").
+-- heartbeat, submit"); dead functions dropped; step_metrics keyed by `version`, what it holds.
 --
 -- Migration 0008 gave claim, heartbeat, release and report_failure a second ownership check,
 -- ganpool_owned_worker, in front of ganpool_caller_worker, which since 0006 already checks
@@ -138,3 +138,8 @@ DROP FUNCTION ganpool_owned_worker(bigint);
 -- 0005's): nothing calls them any more.
 DROP FUNCTION ganpool_worked_on(work_units, bigint);
 DROP FUNCTION ganpool_reject(bigint, bigint, integer, text);
+
+-- Stored names say what they hold: step_metrics has one row per published version, keyed
+-- by that version; a person's "step" is computed from it (protocol.vocabulary.version_to_step,
+-- and in the metrics queries `(version + per_step - 1) / per_step`).
+ALTER TABLE step_metrics RENAME COLUMN step TO version;

@@ -1,0 +1,48 @@
+"""The protocol's enums and the database agree: each enum's values are exactly what the
+schema's CHECK constraint on its column allows, read from pg_catalog on a migrated database,
+so neither can change without the other."""
+
+import re
+
+import pytest
+
+from ganpool.protocol.vocabulary import Phase, RejectionReason, ResultStatus, RunStatus, UnitState
+from ganpool.store import connect
+
+COLUMNS = [
+    (RunStatus, "runs", "status"),
+    (Phase, "work_units", "phase"),
+    (UnitState, "work_units", "state"),
+    (ResultStatus, "results", "status"),
+]
+
+
+def _allowed(conn, table: str, column: str) -> set[str]:
+    """The values a `column IN (...)` CHECK constraint of `table` allows."""
+    rows = conn.execute(
+        "SELECT pg_get_constraintdef(c.oid) AS definition FROM pg_constraint AS c "
+        "JOIN pg_attribute AS a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey) "
+        "WHERE c.conrelid = %s::regclass AND c.contype = 'c' AND a.attname = %s "
+        "AND cardinality(c.conkey) = 1",
+        (table, column),
+    ).fetchall()
+    assert len(rows) == 1, f"{table}.{column}: expected one CHECK constraint, found {rows}"
+    return set(re.findall(r"'([^']*)'::text", rows[0]["definition"]))
+
+
+@pytest.mark.parametrize(
+    ("enum", "table", "column"), COLUMNS, ids=[c[1] + "." + c[2] for c in COLUMNS]
+)
+def test_each_enum_is_exactly_what_its_column_allows(db, enum, table, column):
+    with connect(db) as conn:
+        assert {m.value for m in enum} == _allowed(conn, table, column)
+
+
+def test_the_reasons_the_database_writes_use_the_enums_words(db):
+    """ganpool_submit_begin writes its own refusals: their kinds are the enum's."""
+    with connect(db) as conn:
+        body = conn.execute(
+            "SELECT pg_get_functiondef('ganpool_submit_begin'::regproc) AS d"
+        ).fetchone()["d"]
+    for kind in (RejectionReason.STALE, RejectionReason.LEASE_LOST):
+        assert f"format('{kind}: " in body, kind
