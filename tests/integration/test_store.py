@@ -19,7 +19,7 @@ def test_migrate_is_idempotent_and_recorded(empty_db):
         "0006_class_schema",
         "0007_class_tools",
         "0008_backup_units",
-        "0010_one_caller_check_and_names",
+        "0009_one_caller_check_and_names",
     ]
     assert migrate(conn) == []
     check_schema(conn)

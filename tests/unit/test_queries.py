@@ -23,14 +23,9 @@ def test_duplicate_names_are_refused():
         parse("-- a --\nSELECT 1;\n-- a --\nSELECT 2;\n")
 
 
-# Numbers handed to a branch not merged yet (issue 12: 0009 to the `local` update rule's
-# branch, 0010 to this one). Empty this once that branch is merged.
-RESERVED = {9}
-
-
 def test_migrations_are_numbered_without_gaps():
     numbers = [n for n, _, _ in migrations()]
-    assert numbers == [n for n in range(1, max(numbers) + 1) if n not in RESERVED]
+    assert numbers == list(range(1, len(numbers) + 1))
 
 
 def test_no_sql_outside_the_store():
