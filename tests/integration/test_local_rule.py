@@ -14,6 +14,7 @@ from ganpool.data.datasets import builtin_faces
 from ganpool.serialization.tensors import manifest_of, unpack
 from ganpool.store import Store, connect
 from ganpool.training.local import train_local
+from ganpool.training.stand_in import stand_in
 from ganpool.training.state import TrainingState
 from ganpool.worker import Worker
 from tests.helpers import Threads, make_run, train_distributed
@@ -114,3 +115,62 @@ def test_local_rule_resumes_after_a_coordinator_crash(embedded_db):
     assert second.version == 4
     reference = train_local(run.config, builtin_faces(32, 1), steps=4).weights()
     _assert_same(_weights_at(embedded_db, run, 4), reference)
+
+
+def _stand_in_class(dsn, run, images_per_s: float):
+    """A coordinator and two workers whose compute is the benchmark's stand-in."""
+    threads = Threads()
+    coordinator = Coordinator(dsn, run, poll_s=0.1)
+    threads.start(coordinator.serve)
+    workers = [
+        Worker(dsn, run, f"w{i}", poll_s=0.1, compute_unit=stand_in(images_per_s)) for i in range(2)
+    ]
+    for w in workers:
+        threads.start(w.serve)
+    threads.join(120)
+    return coordinator, workers
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("outer_delay", [0, 1], ids=["synchronous", "delayed"])
+def test_the_delayed_outer_step_computes_the_next_round_while_one_is_applied(
+    embedded_db, outer_delay
+):
+    """With outer_delay 1 a worker starts a unit of round r + 1 before round r is applied
+    (before the step that publishes version r + 1 begins): its compute overlaps the
+    round's uploads and outer step. Without the delay no unit of a round exists before
+    the previous round is applied.
+    The stand-in's payloads (int8, real size) pass the screening: nothing is refused."""
+    run = make_run(embedded_db, max_steps=4, **LOCAL, delta_dtype="int8", outer_delay=outer_delay)
+    coordinator, workers = _stand_in_class(embedded_db, run, images_per_s=60)
+    assert coordinator.version == 4
+    assert sum(w.progress.rejected for w in workers) == 0
+    # When each step's transaction began (the server's clock, this machine's): the units of
+    # a round without the delay are inserted by it, so no worker can start one before.
+    with connect(embedded_db) as conn:
+        rows = conn.execute("SELECT version, extract(epoch FROM created_at) AS t FROM versions")
+        published = {r["version"]: float(r["t"]) for r in rows.fetchall()}
+    started = {}  # round -> first compute start, over both workers
+    for w in workers:
+        for t, event, version, _ in w.timeline:
+            if event == "compute_start":
+                started[version] = min(t, started.get(version, t))
+    early = [r for r in range(1, 4) if started[r] < published[r]]
+    if outer_delay:
+        assert early, (started, published)
+    else:
+        assert early == []
+
+
+@pytest.mark.timeout(200)
+def test_the_stand_in_serves_the_synchronous_rules_too(embedded_db):
+    """The benchmark's baseline: the alternating rule's D and G payloads from the stand-in
+    pass the screening (gradient norms, BatchNorm statistics of the version) every step."""
+    run = make_run(
+        embedded_db, "alt", max_steps=3, unit_size=10, results_per_step=2,
+        update_rule="alternating",
+    )  # fmt: skip
+    coordinator, workers = _stand_in_class(embedded_db, run, images_per_s=200)
+    assert coordinator.version == 6
+    assert sum(w.progress.rejected for w in workers) == 0
+    assert sum(w.progress.units for w in workers) == 12
