@@ -11,13 +11,15 @@ import torch
 
 from ganpool.coordinator import Coordinator
 from ganpool.data.datasets import builtin_faces
-from ganpool.serialization.tensors import manifest_of, unpack
+from ganpool.models.dcgan import build_models
+from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.store import Store, connect
 from ganpool.training.local import train_local
+from ganpool.training.local_steps import local_unit, payload_manifest, payload_tensors
 from ganpool.training.stand_in import stand_in
-from ganpool.training.state import TrainingState
+from ganpool.training.state import TrainingState, load_weights, weights_of
 from ganpool.worker import Worker
-from tests.helpers import Threads, make_run, train_distributed
+from tests.helpers import FakeStudent, Threads, make_run, train_distributed
 
 LOCAL = {"update_rule": "local", "local_steps": 3, "unit_size": 10, "results_per_step": 2}
 
@@ -174,3 +176,86 @@ def test_the_stand_in_serves_the_synchronous_rules_too(embedded_db):
     assert coordinator.version == 6
     assert sum(w.progress.rejected for w in workers) == 0
     assert sum(w.progress.units for w in workers) == 12
+
+
+def _local_payload(store: Store, run, unit: dict, tamper=None) -> bytes:
+    """A genuine local-rule result for `unit` (trained on its base version), as sent."""
+    cfg = run.config
+    g, d = build_models(cfg.model, cfg.seed)
+    base = cfg.base_version(unit["version"])
+    blob = store.blob("weights_at", "weights", run_id=run.id, version=base)
+    load_weights(g, d, unpack(blob, manifest_of(weights_of(g, d))))
+    real = builtin_faces(cfg.image_size, cfg.channels).batch(unit["indices"])
+    tensors = local_unit(g, d, real, unit["noise_seed"], cfg).tensors
+    if tamper:
+        tensors = tamper(tensors)
+    return bytes(Packer(payload_manifest(cfg, g, d)).pack(payload_tensors(cfg, tensors)))
+
+
+def huge(t: dict) -> dict:
+    """D's weight change 10,000x: int8 carries it in the scales."""
+    return {k: v * 1e4 if k.startswith("grad.D") else v for k, v in t.items()}
+
+
+def nan(t: dict) -> dict:
+    """One BatchNorm statistic of G not a number."""
+    key = next(k for k in t if k.startswith("buf.G.") and k.endswith("running_mean"))
+    return t | {key: t[key] * torch.nan}
+
+
+def _submit(student: FakeStudent, unit: dict, payload: bytes) -> dict:
+    return student.store.execute_binary(
+        "submit_result",
+        worker_id=student.id,
+        unit_id=unit["unit_id"],
+        attempt=unit["attempt"],
+        payload=payload,
+        g_loss=0.5,
+        d_loss=0.5,
+        d_real=0.5,
+        d_fake=0.5,
+        compute_seconds=0.01,
+    )
+
+
+@pytest.mark.timeout(200)
+def test_the_screening_judges_weight_changes(embedded_db):
+    """Among honest local results, a weight change 10,000x too large (sent as int8, so the
+    scales carry it) is refused as a norm outlier, and a non-finite one as such; neither is
+    applied, and their images go back to the epoch."""
+    run = make_run(
+        embedded_db, **(LOCAL | {"local_steps": 2}), delta_dtype="int8", units_per_step=2
+    )
+    coordinator = Coordinator(embedded_db, run)
+    coordinator.start()
+    honest, mallory = FakeStudent(embedded_db, run, "honest"), FakeStudent(embedded_db, run, "m")
+    try:
+        for _ in range(5):  # a cohort of 10 honest norms per network
+            for _ in range(2):
+                unit = honest.claim()
+                assert _submit(honest, unit, _local_payload(honest.store, run, unit))["accepted"]
+            coordinator._collect()
+            coordinator.tick()
+        for tamper, reason in ((huge, "D's weight change norm"), (nan, "NaN or infinite")):
+            v = coordinator.version
+            mine, theirs = mallory.claim(), honest.claim()
+            assert _submit(honest, theirs, _local_payload(honest.store, run, theirs))["accepted"]
+            _submit(mallory, mine, _local_payload(mallory.store, run, mine, tamper))
+            coordinator._collect()
+            coordinator.tick()
+            assert coordinator.version == v + 1
+            reasons = [r["reason"] for r in mallory.store.all(
+                "worker_rejections", worker_id=mallory.id, after_id=0
+            )]  # fmt: skip
+            assert reason in reasons[-1], reasons
+        with connect(embedded_db) as conn:
+            q = conn.execute
+            applied = q("SELECT worker_id FROM version_contributions").fetchall()
+            assert {r["worker_id"] for r in applied} == {honest.id}
+            returned = q(
+                "SELECT bool_and(images_returned) AS all FROM work_units WHERE worker_id = %s",
+                (mallory.id,),
+            ).fetchone()
+            assert returned["all"]
+    finally:
+        honest.close(), mallory.close(), coordinator.close()
