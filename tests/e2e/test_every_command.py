@@ -1,5 +1,5 @@
-"""Every command and subcommand of `ganpool`: its help, and a real call on runs of both
-update rules. Whatever happens, a person reads one line, never a traceback.
+"""Every command and subcommand of `ganpool`: its help, and a real call on runs of each
+update rule. Whatever happens, a person reads one line, never a traceback.
 
 Most calls go through `main()` in this process (a subprocess costs seconds of imports
 each); the bad inputs that once printed tracebacks run as real processes too.
