@@ -11,7 +11,6 @@ import torch
 
 from ganpool.coordinator import Coordinator
 from ganpool.data.datasets import builtin_faces
-from ganpool.models.dcgan import build_models
 from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.store import Store, connect
 from ganpool.training.local import train_local
@@ -178,14 +177,13 @@ def test_the_stand_in_serves_the_synchronous_rules_too(embedded_db):
     assert sum(w.progress.units for w in workers) == 12
 
 
-def _local_payload(store: Store, run, unit: dict, tamper=None) -> bytes:
+def _local_payload(student: FakeStudent, unit: dict, tamper=None) -> bytes:
     """A genuine local-rule result for `unit` (trained on its base version), as sent."""
-    cfg = run.config
-    g, d = build_models(cfg.model, cfg.seed)
+    cfg, g, d = student.run.config, student.g, student.d
     base = cfg.base_version(unit["version"])
-    blob = store.blob("weights_at", "weights", run_id=run.id, version=base)
+    blob = student.store.blob("weights_at", "weights", run_id=student.run.id, version=base)
     load_weights(g, d, unpack(blob, manifest_of(weights_of(g, d))))
-    real = builtin_faces(cfg.image_size, cfg.channels).batch(unit["indices"])
+    real = student.faces.batch(unit["indices"])
     tensors = local_unit(g, d, real, unit["noise_seed"], cfg).tensors
     if tamper:
         tensors = tamper(tensors)
@@ -233,14 +231,14 @@ def test_the_screening_judges_weight_changes(embedded_db):
         for _ in range(5):  # a cohort of 10 honest norms per network
             for _ in range(2):
                 unit = honest.claim()
-                assert _submit(honest, unit, _local_payload(honest.store, run, unit))["accepted"]
+                assert _submit(honest, unit, _local_payload(honest, unit))["accepted"]
             coordinator._collect()
             coordinator.tick()
         for tamper, reason in ((huge, "D's weight change norm"), (nan, "NaN or infinite")):
             v = coordinator.version
             mine, theirs = mallory.claim(), honest.claim()
-            assert _submit(honest, theirs, _local_payload(honest.store, run, theirs))["accepted"]
-            _submit(mallory, mine, _local_payload(mallory.store, run, mine, tamper))
+            assert _submit(honest, theirs, _local_payload(honest, theirs))["accepted"]
+            _submit(mallory, mine, _local_payload(mallory, mine, tamper))
             coordinator._collect()
             coordinator.tick()
             assert coordinator.version == v + 1
