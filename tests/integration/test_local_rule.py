@@ -21,6 +21,8 @@ from ganpool.worker import Worker
 from tests.helpers import FakeStudent, Threads, make_run, train_distributed
 
 LOCAL = {"update_rule": "local", "local_steps": 3, "unit_size": 10, "results_per_step": 2}
+# DiLoCo's outer step: momentum state to checkpoint, replay and compare.
+NESTEROV = {"outer_lr": 0.7, "outer_momentum": 0.9, "outer_nesterov": True}
 
 
 def _weights_at(dsn, run, version):
@@ -39,13 +41,17 @@ def _assert_same(distributed: dict, reference: dict) -> None:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
-    ("delta_dtype", "outer_delay"),
-    [("float32", 0), ("int8", 1)],
-    ids=["fp32-synchronous", "int8-delayed"],
+    ("delta_dtype", "outer_delay", "outer"),
+    [("float32", 0, NESTEROV), ("int8", 1, {})],  # {}: the default, plain averaging
+    ids=["fp32-synchronous-nesterov", "int8-delayed-averaging"],
 )
-def test_local_rule_distributed_equals_train_local(embedded_db, delta_dtype, outer_delay):
+def test_local_rule_distributed_equals_train_local(embedded_db, delta_dtype, outer_delay, outer):
     run = make_run(
-        embedded_db, max_steps=3, **LOCAL, delta_dtype=delta_dtype, outer_delay=outer_delay
+        embedded_db,
+        max_steps=3,
+        **LOCAL | outer,
+        delta_dtype=delta_dtype,
+        outer_delay=outer_delay,
     )
     coordinator, workers = train_distributed(embedded_db, run, workers=2, timeout=240)
     assert coordinator.version == 3
@@ -93,7 +99,9 @@ def test_local_rule_distributed_equals_train_local(embedded_db, delta_dtype, out
 def test_local_rule_resumes_after_a_coordinator_crash(embedded_db):
     """A coordinator that dies between checkpoints is replaced by one that replays the rounds
     after its checkpoint, outer momentum included, and the run ends where train-local does."""
-    run = make_run(embedded_db, max_steps=4, **LOCAL, delta_dtype="bfloat16", outer_delay=1)
+    run = make_run(
+        embedded_db, max_steps=4, **LOCAL | NESTEROV, delta_dtype="bfloat16", outer_delay=1
+    )
     first = Coordinator(embedded_db, run, poll_s=0.1, checkpoint_s=1e9)  # only version 0's
     thread = threading.Thread(target=first.serve, args=(lambda: first.version >= 2,))
     thread.start()
