@@ -90,7 +90,7 @@ def test_local_rule_distributed_equals_train_local(embedded_db, delta_dtype, out
         ).fetchall()
         assert sum(b["images"] for b in board) == 160
         # The step's losses are the units' means over their local steps, weighted by images.
-        metrics = q("SELECT images FROM step_metrics ORDER BY step").fetchall()
+        metrics = q("SELECT images FROM step_metrics ORDER BY version").fetchall()
         assert [m["images"] for m in metrics] == [60, 40, 60]
     assert sum(w.progress.images for w in workers) >= 160
 
