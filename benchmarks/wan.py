@@ -41,7 +41,7 @@ import psycopg
 import torch
 
 from ganpool.coordinator import Coordinator
-from ganpool.data.datasets import builtin_faces
+from ganpool.data.datasets import ZipImages, builtin_faces
 from ganpool.local_demo.embedded import EmbeddedPostgres
 from ganpool.runs import create_run
 from ganpool.settings import load_run_config
@@ -54,10 +54,17 @@ QUALITY = ROOT / "bench" / "results" / "quality.json"
 
 # The training modes: run settings over the 64x64 DCGAN's defaults. "sync-alternating" is
 # today's default (the alternating rule, fp32 transport): the baseline of the fixed keys.
+LOCAL = {"update_rule": "local", "outer_delay": 1}
 MODES: dict[str, dict] = {
     "sync-alternating": {"update_rule": "alternating"},
     "sync-simultaneous": {"update_rule": "simultaneous"},
     "sync-simultaneous-bf16": {"update_rule": "simultaneous", "transport": "bfloat16"},
+    # The local rule (DiLoCo-style): H local steps per unit, the weight change sent in 16 or
+    # 8 bits, the outer step delayed one round so uploads overlap the next round's compute.
+    "local-h32-bf16": {**LOCAL, "local_steps": 32, "delta_dtype": "bfloat16"},
+    "local-h32-int8": {**LOCAL, "local_steps": 32, "delta_dtype": "int8"},
+    "local-h128-bf16": {**LOCAL, "local_steps": 128, "delta_dtype": "bfloat16"},
+    "local-h128-int8": {**LOCAL, "local_steps": 128, "delta_dtype": "int8"},
 }
 BASELINE = "sync-alternating"
 SPLIT = ("compute", "upload", "download", "waiting")  # where a worker's time goes
@@ -113,10 +120,10 @@ class WorkerHosts:
 
     def __init__(
         self,
-        template: Path,
         rate: float,
         run_name: str,
         dbname: str,
+        data: Path,
         out: Path,
         ports: list[int],
         per_host: int,
@@ -133,10 +140,10 @@ class WorkerHosts:
                     [
                         sys.executable,
                         str(HERE / "wan_workers.py"),
-                        str(template),
                         str(rate),
                         run_name,
                         dbname,
+                        str(data),
                         str(out),
                         *specs,
                     ],
@@ -181,6 +188,28 @@ class WorkerHosts:
                 p.wait()
 
 
+def class_dataset(folder: Path, images: int, cfg) -> Path:
+    """A zip of `images` image files (the 100 built-in faces, cycled): the class's dataset.
+    The built-in faces alone are 100 images, and a unit never spans two epochs, so a local
+    unit of H x 64 images needs an epoch at least that long."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    faces = builtin_faces(cfg.image_size, cfg.channels).originals
+    encoded = []
+    for face in faces:
+        buffer = io.BytesIO()
+        Image.fromarray(face).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    path = folder / "class-images.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for i in range(images):
+            z.writestr(f"img_{i:06d}.png", encoded[i % len(encoded)])
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -188,12 +217,12 @@ def free_port() -> int:
 
 
 def run_config(mode: dict, workers: int, args):
-    """The 64x64 DCGAN on the built-in faces; a step takes `units_per_worker` units per
+    """The 64x64 DCGAN on the class's images; a step takes `units_per_worker` units per
     worker (the class's global batch grows with it: weak scaling)."""
     settings = {k: v for k, v in mode.items() if k != "name"}
     units = workers * args.units_per_worker
     base = {
-        "dataset": "faces",
+        "dataset": "folder",
         "unit_size": args.unit_size,
         "results_per_step": units,
         "sample_every": 1_000_000,
@@ -235,7 +264,7 @@ def measure_run(ctx, mode: dict, n: int) -> dict:
     cfg = run_config(mode, n, args)
     name = f"{mode['name']}-{n}"
     with closing(Store(connect(ctx.dsn))) as store:
-        run = create_run(store, name, cfg, ctx.faces)
+        run = create_run(store, name, cfg, ctx.dataset)
     torch.set_num_threads(1)
     coordinator = Coordinator(ctx.dsn, run, poll_s=1.0)
     stop = threading.Event()
@@ -245,7 +274,7 @@ def measure_run(ctx, mode: dict, n: int) -> dict:
     links = [link for link, _ in ctx.worker_links[:n]]
     ports = [port for _, port in ctx.worker_links[:n]]
     thread.start()
-    hosts = WorkerHosts(ctx.template, args.rate, name, ctx.dbname, out, ports, args.per_host)
+    hosts = WorkerHosts(args.rate, name, ctx.dbname, ctx.data_path, out, ports, args.per_host)
     marks = []  # (time, images applied, bytes per link) at every change of images applied
     started = time.time()
     failure = None
@@ -501,6 +530,7 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--rtt-ms", type=float, default=30.0, help="round trip time")
     ap.add_argument("--rate", type=float, default=2000.0, help="R: simulated images/s per GPU")
     ap.add_argument("--preset", help="model: dcgan64 (default) or small (--quick's default)")
+    ap.add_argument("--dataset-images", type=int, default=8192, help="images in an epoch")
     ap.add_argument("--unit-size", type=int, default=64, help="images per unit")
     ap.add_argument("--units-per-worker", type=int, default=1, help="units per worker per step")
     ap.add_argument("--per-host", type=int, default=4, help="worker threads per process")
@@ -522,18 +552,16 @@ def arguments() -> argparse.Namespace:
 
 
 class Context:
-    """What every run shares: the database, the links, the template result."""
+    """What every run shares: the database, the links, the dataset."""
 
-    def __init__(self, args, dsn, dbname, links, worker_links, template, faces, workdir):
+    def __init__(self, args, dsn, dbname, links, worker_links, dataset, data_path, workdir):
         self.args, self.dsn, self.dbname, self.links = args, dsn, dbname, links
-        self.worker_links, self.template, self.faces = worker_links, template, faces
+        self.worker_links, self.dataset, self.data_path = worker_links, dataset, data_path
         self.workdir = workdir
 
 
 def main() -> None:
     args = arguments()
-    from wan_workers import make_template
-
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="ganpool-wan-"))
     result: dict = {}
@@ -563,10 +591,9 @@ def main() -> None:
             for _ in range(max(args.sizes))
         ]
         cfg = run_config(args.modes[0], 1, args)
-        faces = builtin_faces(cfg.image_size, cfg.channels)
-        template = workdir / "template.safetensors"
-        make_template(cfg, faces.batch(list(range(cfg.unit_size))), template)
-        ctx = Context(args, dsn, "postgres", links, worker_links, template, faces, workdir)
+        data = class_dataset(workdir, args.dataset_images, cfg)
+        dataset = ZipImages(data, cfg.image_size, cfg.channels)
+        ctx = Context(args, dsn, "postgres", links, worker_links, dataset, data, workdir)
         runs = []
         for mode in args.modes:
             for n in args.sizes:
@@ -600,6 +627,7 @@ def main() -> None:
         "profile": {"up_mbit": args.up_mbit, "down_mbit": args.down_mbit, "rtt_ms": args.rtt_ms},
         "rate_images_per_s": args.rate,
         "unit_size": args.unit_size,
+        "dataset_images": args.dataset_images,
         "preset": args.preset,
         "units_per_worker": args.units_per_worker,
         "quick": args.quick,
