@@ -68,7 +68,9 @@ MODES: dict[str, dict] = {
 }
 BASELINE = "sync-alternating"
 SPLIT = ("compute", "upload", "download", "waiting")  # where a worker's time goes
-DEFAULT_MODES = ["sync-alternating", "sync-simultaneous"]
+# Four modes x three class sizes fit in ~15 minutes here; the others run with --modes.
+DEFAULT_MODES = ["sync-alternating", "sync-simultaneous", "local-h32-bf16", "local-h128-int8"]
+QUICK_MODES = [BASELINE, "local-h32-int8"]
 
 
 # -- the pieces: links, database, workers ---------------------------------------------
@@ -289,7 +291,7 @@ def measure_run(ctx, mode: dict, n: int) -> dict:
                     seen = images
                     counters = ctx.links.bytes()
                     marks.append((now, images, [counters[i] for i in links]))
-                if _enough(marks, now - started, args):
+                if _enough(marks, now - started, args, _warm_up(cfg)):
                     break
                 failure = hosts.failed() or (None if thread.is_alive() else "coordinator ended")
                 if failure:
@@ -304,14 +306,24 @@ def measure_run(ctx, mode: dict, n: int) -> dict:
     return _figures(mode, n, cfg, marks, busy, spans, links, args, failure, started)
 
 
-def _enough(marks: list, elapsed: float, args) -> bool:
-    """Stop once the window (first to last step seen) is long enough, or time is up."""
-    if elapsed >= args.max_run_s:
+def _warm_up(cfg) -> int:
+    """Steps to leave out of the window: under the local rule with the outer step delayed,
+    the first two rounds are computed back to back (the pipeline filling), so the first
+    interval is not a steady one."""
+    return 1 if cfg.update_rule == "local" and cfg.outer_delay else 0
+
+
+def _enough(marks: list, elapsed: float, args, warm: int) -> bool:
+    """Stop once the window (from the first steady step to the last step seen) holds two
+    steps and is long enough; after max_run_s, once it holds one step; after three times
+    that, whatever it holds."""
+    steady = marks[warm:]
+    window = steady[-1][0] - steady[0][0] if steady else 0.0
+    if len(steady) >= 3 and window >= args.measure_s:
         return True
-    if len(marks) < 2:
-        return False
-    window = marks[-1][0] - marks[0][0]
-    return len(marks) >= 3 and window >= args.measure_s
+    if elapsed >= args.max_run_s and len(steady) >= 2:
+        return True
+    return elapsed >= 3 * args.max_run_s
 
 
 def _figures(mode, n, cfg, marks, busy, spans, links, args, failure, started) -> dict:
@@ -321,17 +333,19 @@ def _figures(mode, n, cfg, marks, busy, spans, links, args, failure, started) ->
         r["first_step_s"] = marks[0][0] - started
     if failure:
         r["failure"] = failure
-    if len(marks) < 2:
+    r["steps_seen"] = [[round(t - started, 2), images] for t, images, _ in marks]
+    warm = _warm_up(cfg)
+    if len(marks) < warm + 2:
         r["images_per_s"] = None
-        r["note"] = f"fewer than two steps in {seconds:.0f} s: nothing to measure"
+        r["note"] = f"fewer than {warm + 2} steps in {seconds:.0f} s: nothing to measure"
         return r
-    (t0, i0, b0), (t1, i1, b1) = marks[0], marks[-1]
+    (t0, i0, b0), (t1, i1, b1) = marks[warm], marks[-1]
     images, window = i1 - i0, t1 - t0
     up = sum(b["up"] for b in b1) - sum(b["up"] for b in b0)
     down = sum(b["down"] for b in b1) - sum(b["down"] for b in b0)
     r |= {
         "window_s": window,
-        "steps_in_window": len(marks) - 1,
+        "steps_in_window": len(marks) - 1 - warm,
         "images": images,
         "images_per_s": images / window,
         "gpu_fraction": images / window / (n * args.rate),
@@ -360,12 +374,79 @@ def _settings(cfg) -> dict:
 # -- checks of the setup itself ---------------------------------------------------------
 
 
-def check_link(dsn: str, args) -> dict:
-    """A bulk transfer each way and small round trips through one profile link, against the
-    profile: shaping that is off would make every figure wrong."""
-    up_bytes = int(args.up_mbit * 1e6 / 8 * args.check_s)
-    down_bytes = int(args.down_mbit * 1e6 / 8 * args.check_s)
-    with psycopg.connect(dsn, autocommit=True) as conn:
+class SourceSink:
+    """A loopback TCP server that sends `total` bytes to a client that asks ("d"), or
+    swallows what a client sends until it closes ("u"): raw transfers, no database."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(8)
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                c, _ = self.server.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._one, args=(c,), daemon=True).start()
+
+    def _one(self, c: socket.socket) -> None:
+        with c:
+            if c.recv(1) == b"d":
+                block = b"x" * (1 << 16)
+                for _ in range(self.total // len(block)):
+                    c.sendall(block)
+            else:
+                while c.recv(1 << 20):
+                    pass
+                c.sendall(b"k")
+
+    def rates_mbit(self, port: int) -> dict[str, float]:
+        """Down and up through `port` (the server itself, or a link to it)."""
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"d")
+            t, got = time.perf_counter(), 0
+            while chunk := s.recv(1 << 20):
+                got += len(chunk)
+            down = got * 8 / (time.perf_counter() - t) / 1e6
+        block = b"y" * (1 << 16)
+        sent = self.total // len(block) * len(block)
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"u")
+            t = time.perf_counter()
+            for _ in range(sent // len(block)):
+                s.sendall(block)
+            s.shutdown(socket.SHUT_WR)
+            s.recv(1)
+            up = sent * 8 / (time.perf_counter() - t) / 1e6
+        return {"down": down, "up": up}
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def check_links(links: LinkProcess, pg_port: int, args) -> dict:
+    """Is the setup what it claims? (1) The proxy is not a bottleneck: one unshaped link
+    against a direct loopback connection. (2) The shaping matches the profile: a bulk
+    transfer each way through a profile link. (3) Through PostgreSQL over a profile link:
+    a small query's round trip, and a bulk value each way (the server's time included)."""
+    fast = SourceSink(200_000_000 if not args.quick else 50_000_000)
+    _, unshaped = links.add(fast.port, 0, 0, 0)
+    proxy = {"direct_mbit": fast.rates_mbit(fast.port), "proxied_mbit": fast.rates_mbit(unshaped)}
+    fast.close()
+    seconds = args.check_s
+    shaped = SourceSink(int(args.down_mbit * 1e6 / 8 * seconds))
+    _, port = links.add(shaped.port, args.up_mbit, args.down_mbit, args.rtt_ms)
+    raw = shaped.rates_mbit(port)
+    shaped.close()
+    _, port = links.add(pg_port, args.up_mbit, args.down_mbit, args.rtt_ms)
+    up_bytes = int(args.up_mbit * 1e6 / 8 * seconds)
+    down_bytes = int(args.down_mbit * 1e6 / 8 * seconds)
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres") as conn:
         rtts = []
         for _ in range(10):
             t = time.perf_counter()
@@ -375,68 +456,17 @@ def check_link(dsn: str, args) -> dict:
         with conn.cursor(binary=True) as cur:
             t = time.perf_counter()
             cur.execute("SELECT length(%b)", [b"\0" * up_bytes], binary=True).fetchone()
-            up_s = time.perf_counter() - t - rtt
+            up_s = time.perf_counter() - t
             t = time.perf_counter()
             cur.execute("SELECT decode(repeat('00', %s), 'hex')", [down_bytes]).fetchone()
-            down_s = time.perf_counter() - t - rtt
+            down_s = time.perf_counter() - t
     return {
-        "rtt_ms": rtt * 1e3,
-        "up_mbit": up_bytes * 8 / up_s / 1e6,
-        "down_mbit": down_bytes * 8 / down_s / 1e6,
         "profile": {"up_mbit": args.up_mbit, "down_mbit": args.down_mbit, "rtt_ms": args.rtt_ms},
-    }
-
-
-def check_proxy(links: LinkProcess, megabytes: int) -> dict:
-    """One unshaped link's throughput against a direct loopback connection (both ways): the
-    proxy must not be what limits the class."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(4)
-    port = server.getsockname()[1]
-    total = megabytes * 1_000_000
-
-    def serve() -> None:
-        for _ in range(4):
-            c, _ = server.accept()
-            with c:
-                if c.recv(1) == b"d":  # send `total` bytes
-                    block = b"x" * (1 << 16)
-                    for _ in range(total // len(block)):
-                        c.sendall(block)
-                else:  # sink until EOF, then say so
-                    while c.recv(1 << 20):
-                        pass
-                    c.sendall(b"k")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    _, proxied = links.add(port, 0, 0, 0)
-
-    def rates(p: int) -> tuple[float, float]:
-        with socket.create_connection(("127.0.0.1", p)) as s:
-            s.sendall(b"d")
-            t, got = time.perf_counter(), 0
-            while chunk := s.recv(1 << 20):
-                got += len(chunk)
-            down = got * 8 / (time.perf_counter() - t) / 1e6
-        with socket.create_connection(("127.0.0.1", p)) as s:
-            s.sendall(b"u")
-            block = b"y" * (1 << 20)
-            t = time.perf_counter()
-            for _ in range(total // len(block)):
-                s.sendall(block)
-            s.shutdown(socket.SHUT_WR)
-            s.recv(1)
-            up = (total // len(block)) * len(block) * 8 / (time.perf_counter() - t) / 1e6
-        return down, up
-
-    direct, through = rates(port), rates(proxied)
-    thread.join(10)
-    server.close()
-    return {
-        "direct_mbit": {"down": direct[0], "up": direct[1]},
-        "proxied_mbit": {"down": through[0], "up": through[1]},
+        "shaped_mbit": raw,
+        "rtt_ms": rtt * 1e3,
+        "postgres_mbit": {"up": up_bytes * 8 / up_s / 1e6, "down": down_bytes * 8 / down_s / 1e6},
+        "proxy": proxy,
+        "class_needs_mbit": max(args.sizes) * args.down_mbit,
     }
 
 
@@ -535,17 +565,17 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--units-per-worker", type=int, default=1, help="units per worker per step")
     ap.add_argument("--per-host", type=int, default=4, help="worker threads per process")
     ap.add_argument("--measure-s", type=float, help="least window (first to last step seen)")
-    ap.add_argument("--max-run-s", type=float, help="a run stops after this long anyway")
+    ap.add_argument("--max-run-s", type=float, help="a run stops with one step after this long")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     quick = args.quick
     args.sizes = [int(s) for s in (args.sizes or ("1,2" if quick else "1,4,16")).split(",")]
     if args.sizes[0] != 1:
         raise SystemExit("--sizes must start with 1: efficiency is measured against one worker")
-    default_modes = BASELINE if quick else ",".join(DEFAULT_MODES)
+    default_modes = ",".join(QUICK_MODES if quick else DEFAULT_MODES)
     args.modes = parse_modes(args.modes or default_modes)
     args.preset = args.preset or ("small" if quick else "dcgan64")
-    args.measure_s = args.measure_s or (2.0 if quick else 20.0)
+    args.measure_s = args.measure_s or (1.5 if quick else 20.0)
     args.max_run_s = args.max_run_s or (15.0 if quick else 60.0)
     args.check_s = 0.5 if quick else 2.0  # seconds of each bulk transfer in the link check
     return args
@@ -573,16 +603,15 @@ def main() -> None:
         dsn = pg.url()
         with connect(dsn) as conn:
             migrate(conn)
-        tcp = "postgresql://postgres@127.0.0.1:{port}/postgres"
-        _, check_port = links.add(pg.port, args.up_mbit, args.down_mbit, args.rtt_ms)
-        link_check = check_link(tcp.format(port=check_port), args)
-        print(f"link check (one profile link, bulk each way): {json.dumps(link_check)}", flush=True)
-        proxy = check_proxy(links, 50 if args.quick else 200)
-        need = max(args.sizes) * args.down_mbit
-        proxy["class_needs_mbit"] = need
+        checks = check_links(links, pg.port, args)
+        print(f"links: {json.dumps(checks)}", flush=True)
         print(
-            f"proxy capacity (unshaped link vs direct): {json.dumps(proxy)}; "
-            f"the class needs {need:.0f} Mbit/s down at most",
+            f"shaped link (bulk, raw TCP): up {checks['shaped_mbit']['up']:.1f} Mbit/s, "
+            f"down {checks['shaped_mbit']['down']:.1f} Mbit/s; round trip through PostgreSQL "
+            f"{checks['rtt_ms']:.1f} ms (profile: {args.up_mbit:g} up, {args.down_mbit:g} down, "
+            f"{args.rtt_ms:g} ms); proxy unshaped: {checks['proxy']['proxied_mbit']['down']:.0f}"
+            f" Mbit/s down vs {checks['proxy']['direct_mbit']['down']:.0f} direct "
+            f"(the class needs {checks['class_needs_mbit']:.0f} at most)",
             flush=True,
         )
         # One link per worker, reused by every run: (link id, port)
@@ -600,8 +629,7 @@ def main() -> None:
                 r = measure_run(ctx, mode, n)
                 runs.append(r)
                 print(f"{mode['name']} x {n}: {json.dumps(r)}", flush=True)
-        result["link_check"] = link_check
-        result["proxy_check"] = proxy
+        result["link_check"] = checks
         result["links_ports"] = links.ports
         result["postgres_data_dir"] = str(pg.data_dir)
         result["workdir"] = str(workdir)

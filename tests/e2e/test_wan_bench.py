@@ -1,6 +1,7 @@
-"""The WAN benchmark's smoke test: `benchmarks/wan.py --quick` on a fast profile, one and
-two workers. It checks the fixed keys of the result file, that the figures are what the
-payload sizes say, and that nothing the benchmark started outlives it."""
+"""The WAN benchmark's smoke test: `benchmarks/wan.py --quick` on a fast profile (the small
+model, today's default rule and the local rule, one and two workers; ~45-60 s on two busy
+cores). It checks the fixed keys of the result file, the links against their profile, the
+bytes per image against the payload arithmetic, and that nothing it started outlives it."""
 
 import json
 import os
@@ -56,33 +57,43 @@ def test_quick_wan_benchmark_reports_the_fixed_keys_and_cleans_up(tmp_path):
         assert key in result, key
     assert result["compute_simulated"] is True
     assert isinstance(result["kid_within_ci"], bool)
-    # The quick run measures only today's default mode: no new mode, so no ratio.
-    assert result["scaling_efficiency_16"] is None
-    assert result["bytes_per_image_ratio"] is None
-    assert 0.2 < result["scaling_efficiency_16_sync"] < 2.0
+    assert result["best_new_mode"] == "local-h32-int8"
+    assert 0.2 < result["scaling_efficiency_16"] < 1.5
+    assert 0.2 < result["scaling_efficiency_16_sync"] < 1.5
+    assert result["bytes_per_image_ratio"] > 20  # about 75 by the arithmetic below
 
-    # The link check measured what the profile asked for.
+    # The links carry what the profile says, and the proxy is far from the class's need.
     check = result["link_check"]
-    assert 100 < check["up_mbit"] <= 210
-    assert 150 < check["down_mbit"] <= 410
+    assert 150 < check["shaped_mbit"]["up"] <= 210
+    assert 300 < check["shaped_mbit"]["down"] <= 420
     assert 3.5 < check["rtt_ms"] < 40
+    assert check["proxy"]["proxied_mbit"]["down"] > check["class_needs_mbit"]
 
-    # Bytes per image, against the arithmetic: the alternating rule sends one network's
-    # gradients per version (both over a step: about the weights' size, fp32) and downloads
-    # the weights at each of a step's two versions, for one unit of at most unit_size images.
+    # Bytes per image, against the arithmetic (P parameters, fp32 weights: 4P bytes).
+    # The alternating rule sends one network's fp32 gradients per version (4P bytes over a
+    # step) and downloads the weights at each of a step's two versions (8P), for one unit
+    # of 64 images. The local rule (H = 32) sends one int8 change (about P bytes) and
+    # downloads the weights once (4P) per unit of 32 x 64 images.
     cfg = load_run_config(preset="small")
     g, d = build_models(cfg.model, cfg.seed)
-    weights = sum(t.numel() * 4 for t in weights_of(g, d).values())
-    per_image = weights / result["unit_size"]
+    p = sum(t.numel() for t in weights_of(g, d).values())
+    unit = result["unit_size"]
+    expected = {
+        "sync-alternating": (4 * p / unit, 8 * p / unit),
+        "local-h32-int8": (p / (32 * unit), 4 * p / (32 * unit)),
+    }
     runs = result["runs"]
     assert [(x["mode"], x["workers"]) for x in runs] == [
         ("sync-alternating", 1),
         ("sync-alternating", 2),
+        ("local-h32-int8", 1),
+        ("local-h32-int8", 2),
     ]
     for run in runs:
+        up, down = expected[run["mode"]]
         assert run["images_per_s"] > 0, run
-        assert 0.7 * per_image < run["bytes_up_per_image"] < 3 * per_image, run
-        assert 1.4 * per_image < run["bytes_down_per_image"] < 6 * per_image, run
+        assert 0.7 * up < run["bytes_up_per_image"] < 1.6 * up, run
+        assert 0.7 * down < run["bytes_down_per_image"] < 1.6 * down, run
         split = run["time_split"]
         assert sum(split.values()) == pytest.approx(1.0)
         assert split["compute"] > 0
