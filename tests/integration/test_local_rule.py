@@ -11,12 +11,15 @@ import torch
 
 from ganpool.coordinator import Coordinator
 from ganpool.data.datasets import builtin_faces
-from ganpool.serialization.tensors import manifest_of, unpack
+from ganpool.models.dcgan import build_models
+from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.store import Store, connect
 from ganpool.training.local import train_local
-from ganpool.training.state import TrainingState
+from ganpool.training.local_steps import local_unit, payload_manifest, payload_tensors
+from ganpool.training.stand_in import stand_in
+from ganpool.training.state import TrainingState, load_weights, weights_of
 from ganpool.worker import Worker
-from tests.helpers import Threads, make_run, train_distributed
+from tests.helpers import FakeStudent, Threads, make_run, train_distributed
 
 LOCAL = {"update_rule": "local", "local_steps": 3, "unit_size": 10, "results_per_step": 2}
 
@@ -114,3 +117,145 @@ def test_local_rule_resumes_after_a_coordinator_crash(embedded_db):
     assert second.version == 4
     reference = train_local(run.config, builtin_faces(32, 1), steps=4).weights()
     _assert_same(_weights_at(embedded_db, run, 4), reference)
+
+
+def _stand_in_class(dsn, run, images_per_s: float):
+    """A coordinator and two workers whose compute is the benchmark's stand-in."""
+    threads = Threads()
+    coordinator = Coordinator(dsn, run, poll_s=0.1)
+    threads.start(coordinator.serve)
+    workers = [
+        Worker(dsn, run, f"w{i}", poll_s=0.1, compute_unit=stand_in(images_per_s)) for i in range(2)
+    ]
+    for w in workers:
+        threads.start(w.serve)
+    threads.join(120)
+    return coordinator, workers
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("outer_delay", [0, 1], ids=["synchronous", "delayed"])
+def test_the_delayed_outer_step_computes_the_next_round_while_one_is_applied(
+    embedded_db, outer_delay
+):
+    """With outer_delay 1 a worker starts a unit of round r + 1 before round r is applied
+    (before the step that publishes version r + 1 begins): its compute overlaps the
+    round's uploads and outer step. Without the delay no unit of a round exists before
+    the previous round is applied.
+    The stand-in's payloads (int8, real size) pass the screening: nothing is refused."""
+    run = make_run(embedded_db, max_steps=4, **LOCAL, delta_dtype="int8", outer_delay=outer_delay)
+    coordinator, workers = _stand_in_class(embedded_db, run, images_per_s=60)
+    assert coordinator.version == 4
+    assert sum(w.progress.rejected for w in workers) == 0
+    # When each step's transaction began (the server's clock, this machine's): the units of
+    # a round without the delay are inserted by it, so no worker can start one before.
+    with connect(embedded_db) as conn:
+        rows = conn.execute("SELECT version, extract(epoch FROM created_at) AS t FROM versions")
+        published = {r["version"]: float(r["t"]) for r in rows.fetchall()}
+    started = {}  # round -> first compute start, over both workers
+    for w in workers:
+        for t, event, version, _ in w.timeline:
+            if event == "compute_start":
+                started[version] = min(t, started.get(version, t))
+    early = [r for r in range(1, 4) if started[r] < published[r]]
+    if outer_delay:
+        assert early, (started, published)
+    else:
+        assert early == []
+
+
+@pytest.mark.timeout(200)
+def test_the_stand_in_serves_the_synchronous_rules_too(embedded_db):
+    """The benchmark's baseline: the alternating rule's D and G payloads from the stand-in
+    pass the screening (gradient norms, BatchNorm statistics of the version) every step."""
+    run = make_run(
+        embedded_db, "alt", max_steps=3, unit_size=10, results_per_step=2,
+        update_rule="alternating",
+    )  # fmt: skip
+    coordinator, workers = _stand_in_class(embedded_db, run, images_per_s=200)
+    assert coordinator.version == 6
+    assert sum(w.progress.rejected for w in workers) == 0
+    assert sum(w.progress.units for w in workers) == 12
+
+
+def _local_payload(store: Store, run, unit: dict, tamper=None) -> bytes:
+    """A genuine local-rule result for `unit` (trained on its base version), as sent."""
+    cfg = run.config
+    g, d = build_models(cfg.model, cfg.seed)
+    base = cfg.base_version(unit["version"])
+    blob = store.blob("weights_at", "weights", run_id=run.id, version=base)
+    load_weights(g, d, unpack(blob, manifest_of(weights_of(g, d))))
+    real = builtin_faces(cfg.image_size, cfg.channels).batch(unit["indices"])
+    tensors = local_unit(g, d, real, unit["noise_seed"], cfg).tensors
+    if tamper:
+        tensors = tamper(tensors)
+    return bytes(Packer(payload_manifest(cfg, g, d)).pack(payload_tensors(cfg, tensors)))
+
+
+def huge(t: dict) -> dict:
+    """D's weight change 10,000x: int8 carries it in the scales."""
+    return {k: v * 1e4 if k.startswith("grad.D") else v for k, v in t.items()}
+
+
+def nan(t: dict) -> dict:
+    """One BatchNorm statistic of G not a number."""
+    key = next(k for k in t if k.startswith("buf.G.") and k.endswith("running_mean"))
+    return t | {key: t[key] * torch.nan}
+
+
+def _submit(student: FakeStudent, unit: dict, payload: bytes) -> dict:
+    return student.store.execute_binary(
+        "submit_result",
+        worker_id=student.id,
+        unit_id=unit["unit_id"],
+        attempt=unit["attempt"],
+        payload=payload,
+        g_loss=0.5,
+        d_loss=0.5,
+        d_real=0.5,
+        d_fake=0.5,
+        compute_seconds=0.01,
+    )
+
+
+@pytest.mark.timeout(200)
+def test_the_screening_judges_weight_changes(embedded_db):
+    """Among honest local results, a weight change 10,000x too large (sent as int8, so the
+    scales carry it) is refused as a norm outlier, and a non-finite one as such; neither is
+    applied, and their images go back to the epoch."""
+    run = make_run(
+        embedded_db, **(LOCAL | {"local_steps": 2}), delta_dtype="int8", units_per_step=2
+    )
+    coordinator = Coordinator(embedded_db, run)
+    coordinator.start()
+    honest, mallory = FakeStudent(embedded_db, run, "honest"), FakeStudent(embedded_db, run, "m")
+    try:
+        for _ in range(5):  # a cohort of 10 honest norms per network
+            for _ in range(2):
+                unit = honest.claim()
+                assert _submit(honest, unit, _local_payload(honest.store, run, unit))["accepted"]
+            coordinator._collect()
+            coordinator.tick()
+        for tamper, reason in ((huge, "D's weight change norm"), (nan, "NaN or infinite")):
+            v = coordinator.version
+            mine, theirs = mallory.claim(), honest.claim()
+            assert _submit(honest, theirs, _local_payload(honest.store, run, theirs))["accepted"]
+            _submit(mallory, mine, _local_payload(mallory.store, run, mine, tamper))
+            coordinator._collect()
+            coordinator.tick()
+            assert coordinator.version == v + 1
+            reasons = [r["reason"] for r in mallory.store.all(
+                "worker_rejections", worker_id=mallory.id, after_id=0
+            )]  # fmt: skip
+            assert reason in reasons[-1], reasons
+        with connect(embedded_db) as conn:
+            q = conn.execute
+            applied = q("SELECT worker_id FROM version_contributions").fetchall()
+            assert {r["worker_id"] for r in applied} == {honest.id}
+            returned = q(
+                "SELECT bool_and(images_returned) AS all FROM work_units WHERE worker_id = %s",
+                (mallory.id,),
+            ).fetchone()
+            assert returned["all"]
+    finally:
+        honest.close(), mallory.close(), coordinator.close()

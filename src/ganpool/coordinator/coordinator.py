@@ -28,8 +28,12 @@ Protocol (see docs/protocol.md). Rows each party writes, and in which transactio
        weights (by COPY), contributions (UNIQUE per unit: applied at most once), step
        metrics, epoch counts; cancel units of v that did not make it (their images go back
        to the epoch; their late results are rejected as stale); prune old weights;
-    3. issue the units of the new version from the epoch permutation. After the commit,
-       NOTIFY `ganpool_version` (a hint: a full notification queue cannot fail a step).
+    3. issue the units of the new version from the epoch permutation (under the local rule
+       with outer_delay 1, also the next round's, computed on the new version while this
+       one's results come in). After the commit, NOTIFY `ganpool_version` (a hint: a full
+       notification queue cannot fail a step).
+  Under the local rule (docs/protocol.md) a unit is local_steps batches, a result is a
+  weight change, and the step is the outer SGD step on their weighted mean.
   A crash anywhere before commit leaves the database at version v with nothing applied;
   in-memory state is then reloaded from the database, so nothing is applied twice.
 * After the commit, off the workers' critical path: a sample grid every K steps, and at most

@@ -45,6 +45,8 @@ class Screening:
     def __init__(self, run_id: int, cfg: RunConfig, g: Generator, d: Discriminator):
         self.run_id, self.cfg = run_id, cfg
         self.manifests = {phase: payload_manifest(cfg, g, d, phase) for phase in PHASES}
+        # What a result's "grad.*" tensors are: the local rule sends weight changes.
+        self._changes = "weight change" if cfg.update_rule == "local" else "gradient"
         self.max_payload = cfg.max_payload_bytes or payload_limit(result_manifest(g, d))
         # Statistics differ by phase and network: each (phase, statistic) is judged against
         # its own history.
@@ -153,7 +155,7 @@ class Screening:
                 for fam, ratio, z in norm_outliers(history, values, z_max):
                     r = valid.pop(fam)[0]
                     what = (
-                        f"{name[5:]}'s gradient norm {values[fam]:.4g}"
+                        f"{name[5:]}'s {self._changes} norm {values[fam]:.4g}"
                         if is_norm
                         else f"BatchNorm statistic {name[3:]}"
                     )

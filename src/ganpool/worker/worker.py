@@ -15,7 +15,10 @@ of functions, each one transaction (migration 0002): `ganpool_register`,
      checked safetensors) and loads its images. Nothing to claim: it sleeps until a
      NOTIFY, or `poll_s` at most, and claims the moment a version is published.
    - the compute thread (the caller's) resets both networks to the unit's version and
-     computes its gradients (ganpool.training.gradients), unit after unit.
+     computes its gradients (ganpool.training.gradients), unit after unit; under the local
+     rule it trains them for the unit's batches and sends the weight change
+     (ganpool.training.local_steps). `compute_unit` replaces that computation (a benchmark's
+     stand-in for a GPU: ganpool.training.stand_in).
    - the uploader (its own connection) packs each result into a reused safetensors buffer,
      in the run's transport dtype, and submits it as a binary parameter while the next unit
      computes. The database records the result and completes the unit in one transaction,
