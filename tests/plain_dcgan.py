@@ -133,9 +133,9 @@ def train_plain_local(cfg, dataset, rounds: Iterable[list[Unit]]) -> dict[str, t
     is applied to."""
     g, d = build_models(cfg.model, cfg.seed)
     params = list(g.parameters()) + list(d.parameters())
-    outer = torch.optim.SGD(
-        params, lr=cfg.outer_lr, momentum=cfg.outer_momentum, nesterov=cfg.outer_nesterov
-    )
+    # torch refuses Nesterov without momentum (it is the same step then)
+    nesterov = cfg.outer_nesterov and cfg.outer_momentum > 0
+    outer = torch.optim.SGD(params, lr=cfg.outer_lr, momentum=cfg.outer_momentum, nesterov=nesterov)
     history = [copy.deepcopy((g, d))]  # the versions published so far
     for r, units in enumerate(rounds):
         base_g, base_d = history[max(0, r - cfg.outer_delay)]

@@ -1,5 +1,5 @@
-"""Every command and subcommand of `ganpool`: its help, and a real call on runs of both
-update rules. Whatever happens, a person reads one line, never a traceback.
+"""Every command and subcommand of `ganpool`: its help, and a real call on runs of each
+update rule. Whatever happens, a person reads one line, never a traceback.
 
 Most calls go through `main()` in this process (a subprocess costs seconds of imports
 each); the bad inputs that once printed tracebacks run as real processes too.
@@ -27,7 +27,8 @@ from tests.helpers import make_run, train_distributed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-RULES = ("alternating", "simultaneous")
+RULES = ("alternating", "simultaneous", "local")
+LOCAL_STEPS = 2  # the local rule's units: 2 batches of unit_size
 STEPS = 3
 
 
@@ -50,7 +51,8 @@ def trained(servers):
     dbname, url = server.fresh_database()
     try:
         for rule in RULES:
-            run = make_run(url, rule, update_rule=rule, max_steps=STEPS, unit_size=10)
+            local = {"local_steps": LOCAL_STEPS} if rule == "local" else {}
+            run = make_run(url, rule, update_rule=rule, max_steps=STEPS, unit_size=10, **local)
             train_distributed(url, run, workers=1)
         yield url
     finally:
@@ -119,7 +121,8 @@ def test_every_command_on_runs_of_both_update_rules(trained, capsys, tmp_path, m
         assert "coordinator not running" in status
         # An image counts once on the leaderboard too (a G phase reuses its D phase's).
         board = {line.split()[0]: line.split()[1:] for line in status.splitlines()[3:6] if line}
-        assert board["w0"][0] == str(STEPS * 10 * 2), status  # steps x unit_size x N
+        batches = LOCAL_STEPS if rule == "local" else 1  # a local unit is LOCAL_STEPS batches
+        assert board["w0"][0] == str(STEPS * 10 * 2 * batches), status  # steps x images x N
         table = status.split("D(G(z))", 1)[1].strip().splitlines()
         assert [int(line.split()[0]) for line in table] == list(range(1, STEPS + 1))
         assert "–" not in "".join(table)  # each step has its G and its D figures

@@ -11,7 +11,6 @@ import torch
 
 from ganpool.coordinator import Coordinator
 from ganpool.data.datasets import builtin_faces
-from ganpool.models.dcgan import build_models
 from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.store import Store, connect
 from ganpool.training.local import train_local
@@ -22,6 +21,8 @@ from ganpool.worker import Worker
 from tests.helpers import FakeStudent, Threads, make_run, train_distributed
 
 LOCAL = {"update_rule": "local", "local_steps": 3, "unit_size": 10, "results_per_step": 2}
+# DiLoCo's outer step: momentum state to checkpoint, replay and compare.
+NESTEROV = {"outer_lr": 0.7, "outer_momentum": 0.9, "outer_nesterov": True}
 
 
 def _weights_at(dsn, run, version):
@@ -40,13 +41,17 @@ def _assert_same(distributed: dict, reference: dict) -> None:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
-    ("delta_dtype", "outer_delay"),
-    [("float32", 0), ("int8", 1)],
-    ids=["fp32-synchronous", "int8-delayed"],
+    ("delta_dtype", "outer_delay", "outer"),
+    [("float32", 0, NESTEROV), ("int8", 1, {})],  # {}: the default, plain averaging
+    ids=["fp32-synchronous-nesterov", "int8-delayed-averaging"],
 )
-def test_local_rule_distributed_equals_train_local(embedded_db, delta_dtype, outer_delay):
+def test_local_rule_distributed_equals_train_local(embedded_db, delta_dtype, outer_delay, outer):
     run = make_run(
-        embedded_db, max_steps=3, **LOCAL, delta_dtype=delta_dtype, outer_delay=outer_delay
+        embedded_db,
+        max_steps=3,
+        **LOCAL | outer,
+        delta_dtype=delta_dtype,
+        outer_delay=outer_delay,
     )
     coordinator, workers = train_distributed(embedded_db, run, workers=2, timeout=240)
     assert coordinator.version == 3
@@ -94,7 +99,9 @@ def test_local_rule_distributed_equals_train_local(embedded_db, delta_dtype, out
 def test_local_rule_resumes_after_a_coordinator_crash(embedded_db):
     """A coordinator that dies between checkpoints is replaced by one that replays the rounds
     after its checkpoint, outer momentum included, and the run ends where train-local does."""
-    run = make_run(embedded_db, max_steps=4, **LOCAL, delta_dtype="bfloat16", outer_delay=1)
+    run = make_run(
+        embedded_db, max_steps=4, **LOCAL | NESTEROV, delta_dtype="bfloat16", outer_delay=1
+    )
     first = Coordinator(embedded_db, run, poll_s=0.1, checkpoint_s=1e9)  # only version 0's
     thread = threading.Thread(target=first.serve, args=(lambda: first.version >= 2,))
     thread.start()
@@ -178,14 +185,13 @@ def test_the_stand_in_serves_the_synchronous_rules_too(embedded_db):
     assert sum(w.progress.units for w in workers) == 12
 
 
-def _local_payload(store: Store, run, unit: dict, tamper=None) -> bytes:
+def _local_payload(student: FakeStudent, unit: dict, tamper=None) -> bytes:
     """A genuine local-rule result for `unit` (trained on its base version), as sent."""
-    cfg = run.config
-    g, d = build_models(cfg.model, cfg.seed)
+    cfg, g, d = student.run.config, student.g, student.d
     base = cfg.base_version(unit["version"])
-    blob = store.blob("weights_at", "weights", run_id=run.id, version=base)
+    blob = student.store.blob("weights_at", "weights", run_id=student.run.id, version=base)
     load_weights(g, d, unpack(blob, manifest_of(weights_of(g, d))))
-    real = builtin_faces(cfg.image_size, cfg.channels).batch(unit["indices"])
+    real = student.faces.batch(unit["indices"])
     tensors = local_unit(g, d, real, unit["noise_seed"], cfg).tensors
     if tamper:
         tensors = tamper(tensors)
@@ -233,14 +239,14 @@ def test_the_screening_judges_weight_changes(embedded_db):
         for _ in range(5):  # a cohort of 10 honest norms per network
             for _ in range(2):
                 unit = honest.claim()
-                assert _submit(honest, unit, _local_payload(honest.store, run, unit))["accepted"]
+                assert _submit(honest, unit, _local_payload(honest, unit))["accepted"]
             coordinator._collect()
             coordinator.tick()
         for tamper, reason in ((huge, "D's weight change norm"), (nan, "NaN or infinite")):
             v = coordinator.version
             mine, theirs = mallory.claim(), honest.claim()
-            assert _submit(honest, theirs, _local_payload(honest.store, run, theirs))["accepted"]
-            _submit(mallory, mine, _local_payload(mallory.store, run, mine, tamper))
+            assert _submit(honest, theirs, _local_payload(honest, theirs))["accepted"]
+            _submit(mallory, mine, _local_payload(mallory, mine, tamper))
             coordinator._collect()
             coordinator.tick()
             assert coordinator.version == v + 1

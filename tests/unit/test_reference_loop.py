@@ -48,8 +48,12 @@ def test_train_local_with_uneven_units_equals_a_plain_pytorch_loop():
             assert not torch.equal(want[name], start[name]), name
 
 
-@pytest.mark.parametrize("outer_delay", [0, 1], ids=["synchronous", "delayed"])
-def test_train_local_local_rule_equals_a_plain_pytorch_loop(outer_delay):
+@pytest.mark.parametrize(
+    ("outer_delay", "outer"),
+    [(0, (0.7, 0.9)), (1, (1.0, 0.0))],
+    ids=["synchronous-nesterov", "delayed-averaging"],
+)
+def test_train_local_local_rule_equals_a_plain_pytorch_loop(outer_delay, outer):
     """H = 3 local steps of unit_size 10: units of 30 images, and the epoch's last unit holds
     10 (one local step, not three): rounds of [30, 30], [30, 10], [30, 30]."""
     cfg = load_run_config(
@@ -60,6 +64,8 @@ def test_train_local_local_rule_equals_a_plain_pytorch_loop(outer_delay):
             "results_per_step": 2,
             "delta_dtype": "float32",
             "outer_delay": outer_delay,
+            "outer_lr": outer[0],  # DiLoCo's outer step, and plain averaging
+            "outer_momentum": outer[1],
         }
     )
     dataset = builtin_faces(cfg.image_size, cfg.channels)
