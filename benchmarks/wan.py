@@ -27,6 +27,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -608,8 +609,13 @@ class Context:
         self.workdir = workdir
 
 
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up as Ctrl-C does: every `finally` runs
+
+
 def main() -> None:
     args = arguments()
+    signal.signal(signal.SIGTERM, _interrupted)
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="ganpool-wan-"))
     result: dict = {}
