@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch from this machine's disk (the CPU wheel), never a CUDA build from an index.
 PIP    := $(BIN)/pip install --quiet -c constraints.txt
 
-.PHONY: demo test wheel bench lint format clean schema
+.PHONY: demo test wheel bench bench-wan lint format clean schema
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ schema: $(STAMP)
 # Performance figures (not part of `make test`): bench/results/latest.json + a table.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/performance.py
+
+# Simulated GPU students behind shaped home-broadband links (not part of `make test`):
+# bench/results/wan.json + a table; ~15 min on 2 cores. WAN_ARGS passes flags, e.g.
+# `make bench-wan WAN_ARGS="--rtt-ms 60 --up-mbit 10"` (docs/performance.md, "Over the WAN").
+bench-wan: $(STAMP)
+	$(BIN)/python benchmarks/wan.py $(WAN_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
