@@ -76,6 +76,7 @@ PAYLOADS = "tests/security/test_payloads.py"
 DEFAULTS = "tests/security/test_screening_defaults.py"
 POISON = "tests/integration/test_poison_units.py"
 FAMILY = "tests/integration/test_families.py"
+ATTACKS = "tests/security/test_attacks.py"
 
 # The heartbeat's lease: the run's lease from now, bounded by the worker's hold limit.
 HEARTBEAT_SET = (
@@ -361,7 +362,7 @@ MUTANTS = [
         "    IF w.disabled AND NOT p_leaving THEN",
         "    IF false THEN",
         "a worker disabled for failed spot checks keeps working",
-        (f"{ROLES}::test_disabled_student_is_refused_on_the_next_call_and_removed_cannot_log_in",),
+        (f"{ATTACKS}::test_a_sign_flipper_is_caught_by_spot_checks_held_out_and_disabled",),
     ),
     Mutant(
         "payload-not-waiting",
