@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MUTMUT = str(Path(sys.executable).with_name("mutmut"))
+COPIED = ("src", "tests", "tools")
 
 
 def settings() -> tuple[dict, dict]:
@@ -52,7 +53,8 @@ def prepare(name: str, module: dict, shared: dict) -> Path:
     work = ROOT / ".mutation" / name
     work.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("src", "tests"):
+    # tools/: a unit test checks the SQL mutants' list (tests/unit/test_sql_mutants.py).
+    for folder in COPIED:
         shutil.copytree(ROOT / folder, work / folder, dirs_exist_ok=True, ignore=ignore)
         # mutmut copies files it does not mutate only once: keep its copies current too.
         if (work / "mutants" / folder).exists():
@@ -67,6 +69,7 @@ def prepare(name: str, module: dict, shared: dict) -> Path:
         "only_mutate": module["files"],
         "pytest_add_cli_args_test_selection": module["tests"],
         "use_git_change_detection": False,
+        "also_copy": ["tools/"],
     }
     project = (ROOT / "pyproject.toml").read_text()
     project = re.sub(r"(?ms)^\[tool\.mutmut[^\n]*\n.*?(?=^\[(?!tool\.mutmut)|\Z)", "", project)

@@ -11,9 +11,14 @@ the fast database tests, stopping at the first failure, and reports killed or su
     python tools/sql_mutants.py --only claim    # the mutants whose id contains "claim"
     python tools/sql_mutants.py --list          # what would run
     python tools/sql_mutants.py --again         # retry mutants that have a verdict
+    python tools/sql_mutants.py --check         # only check that each mutant is live
 
-A mutant whose text is no longer found exactly once is reported "stale": the SQL changed
-(a new migration that replaces a function, say) and the list needs updating.
+Each mutant must sit in live SQL, or it survives for no fault of the tests. Before running
+anything the runner refuses a mutant whose text is not found exactly once ("stale"), one in
+a function that a later migration defines again or drops ("dead": migrations are append-only,
+so a replaced function's old body never runs again), and one in a named query that no code
+runs. tests/unit/test_sql_mutants.py checks the same, so a migration that replaces a function
+fails `make test` until its mutants follow it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,12 +42,14 @@ SQL = Path("ganpool/store/sql")
 # The fast tests that talk to the database, run after each mutant's own (no subprocesses).
 BROAD = (
     "tests/integration/test_weighting.py",
+    "tests/integration/test_families.py",
     "tests/integration/test_leases.py",
     "tests/integration/test_store.py",
     "tests/integration/test_protocol.py",
     "tests/security/test_roles.py",
     "tests/security/test_payloads.py",
     "tests/security/test_attacks.py",
+    "tests/security/test_student_stalls.py",
 )
 PROTOCOL = "tests/integration/test_protocol.py"
 WEIGHTING = "tests/integration/test_weighting.py"
@@ -59,9 +67,26 @@ class Mutant:
     tests: tuple[str, ...] = ()  # expected to notice it: run first
 
 
-M1, M5 = "migrations/0001_initial.sql", "migrations/0005_performance.sql"
-M2, Q = "migrations/0002_worker_api.sql", "queries.sql"
+M1, M2 = "migrations/0001_initial.sql", "migrations/0002_worker_api.sql"
+M6, M8 = "migrations/0006_class_schema.sql", "migrations/0008_backup_units.sql"
+Q = "queries.sql"
+ONE = "tests/security/test_one_student.py"
+STALLS = "tests/security/test_student_stalls.py"
+PAYLOADS = "tests/security/test_payloads.py"
+DEFAULTS = "tests/security/test_screening_defaults.py"
+POISON = "tests/integration/test_poison_units.py"
+FAMILY = "tests/integration/test_families.py"
+ATTACKS = "tests/security/test_attacks.py"
 
+# The heartbeat's lease: the run's lease from now, bounded by the worker's hold limit.
+HEARTBEAT_SET = (
+    "    SET lease_expires_at = least(now() + ganpool_lease_interval(w.run_id),\n"
+    + " " * 33
+    + "claimed_at + ganpool_hold_limit(p_worker_id, w.run_id))\n"
+)
+
+# Each mutant sits in the LIVE text: the last migration that defines its function, a named
+# query the code runs. `check` refuses any other (a function a later migration replaces).
 MUTANTS = [
     # -- exactly once: the constraints -------------------------------------------------------
     Mutant(
@@ -89,12 +114,20 @@ MUTANTS = [
         (f"{WEIGHTING}::test_an_applied_unit_refuses_a_second_submission_row",),
     ),
     Mutant(
+        "unique-contribution-family",
+        M8,
+        "CREATE UNIQUE INDEX version_contributions_family ON",
+        "CREATE INDEX version_contributions_family ON",
+        "a unit and its backup copy are both applied: one unit's images count twice",
+        (f"{WEIGHTING}::test_an_applied_family_refuses_a_copy_s_result",),
+    ),
+    Mutant(
         "apply-any-status",
         Q,
         "WHERE id = %(result_id)s AND status = 'submitted'\n    RETURNING id, unit_id, worker_id",
         "WHERE id = %(result_id)s\n    RETURNING id, unit_id, worker_id",
         "a rejected (or already applied) result can be applied",
-        ("tests/integration/test_store.py", WEIGHTING),
+        (f"{WEIGHTING}::test_only_a_waiting_result_can_be_applied",),
     ),
     # -- leases ------------------------------------------------------------------------------
     Mutant(
@@ -115,66 +148,125 @@ MUTANTS = [
     ),
     Mutant(
         "claim-lease-long",
-        M5,
-        "claimed_at = now(), lease_expires_at = now() + ganpool_lease_interval(v_run)",
+        M8,
+        "claimed_at = now(), lease_expires_at = now() + ganpool_lease_interval(w.run_id)",
         "claimed_at = now(), lease_expires_at = now() + interval '1 hour'",
         "a claim takes an hour's lease whatever the run says",
         (f"{PROTOCOL}::test_claims_are_exclusive_and_leases_use_the_servers_clock",),
     ),
     Mutant(
         "heartbeat-no-extension",
-        M2,
-        "    SET lease_expires_at = now() + ganpool_lease_interval(v_run)\n",
+        M8,
+        HEARTBEAT_SET,
         "    SET lease_expires_at = lease_expires_at\n",
         "heartbeats do not keep a lease: a slow, live worker loses its unit",
         (f"{PROTOCOL}::test_heartbeats_keep_the_lease",),
     ),
     Mutant(
+        "heartbeat-no-hold-limit",
+        M8,
+        HEARTBEAT_SET,
+        "    SET lease_expires_at = now() + ganpool_lease_interval(w.run_id)\n",
+        "heartbeats keep a claimed, never computed unit for ever",
+        (f"{ONE}::test_a_student_holds_at_most_the_cap_and_cannot_stretch_a_lease",),
+    ),
+    Mutant(
         "heartbeat-any-attempt",
-        M2,
-        "ganpool_lease_interval(v_run)\n    WHERE id = p_unit_id AND worker_id = p_worker_id "
-        "AND attempt = p_attempt",
-        "ganpool_lease_interval(v_run)\n    WHERE id = p_unit_id AND worker_id = p_worker_id",
+        M8,
+        "    WHERE id = p_unit_id AND worker_id = p_worker_id AND attempt = p_attempt\n"
+        "      AND state = 'claimed' AND lease_expires_at > now();",
+        "    WHERE id = p_unit_id AND worker_id = p_worker_id\n"
+        "      AND state = 'claimed' AND lease_expires_at > now();",
         "a heartbeat for an expired attempt extends the lease of a later one",
+        (f"{LEASES}::test_an_expired_attempt_can_neither_heartbeat_nor_submit_over_the_next_one",),
+    ),
+    Mutant(
+        "heartbeat-revives-expired",
+        M8,
+        "      AND state = 'claimed' AND lease_expires_at > now();",
+        "      AND state = 'claimed';",
+        "a heartbeat after the lease ran out (before the coordinator noticed) revives it",
         (LEASES,),
     ),
     # -- claiming ----------------------------------------------------------------------------
     Mutant(
         "claim-cancelled-too",
-        M5,
-        "WHERE c.run_id = v_run AND c.state = 'pending' AND r.status = 'running'",
-        "WHERE c.run_id = v_run AND c.state IN ('pending', 'cancelled') AND r.status = 'running'",
+        M8,
+        "WHERE c.run_id = w.run_id AND c.state = 'pending' AND r.status = 'running'",
+        "WHERE c.run_id = w.run_id AND c.state IN ('pending', 'cancelled') "
+        "AND r.status = 'running'",
         "cancelled (stale) units are handed out again",
         (PROTOCOL,),
     ),
     Mutant(
         "claim-any-run-status",
-        M5,
-        "WHERE c.run_id = v_run AND c.state = 'pending' AND r.status = 'running'",
-        "WHERE c.run_id = v_run AND c.state = 'pending'",
+        M8,
+        "WHERE c.run_id = w.run_id AND c.state = 'pending' AND r.status = 'running'",
+        "WHERE c.run_id = w.run_id AND c.state = 'pending'",
         "units of a paused or finished run are still handed out",
-        (LEASES,),
+        (f"{LEASES}::test_a_paused_run_hands_out_nothing_and_a_stopped_run_takes_no_result",),
     ),
     Mutant(
         "claim-newest-first",
-        M5,
-        "        ORDER BY c.seq\n        LIMIT 1",
-        "        ORDER BY c.seq DESC\n        LIMIT 1",
+        M8,
+        "        ORDER BY c.seq  -- the pending index's order",
+        "        ORDER BY c.seq DESC  -- the pending index's order",
         "reissued images wait behind fresh ones",
         (f"{PROTOCOL}::test_a_late_result_is_rejected_with_its_reason_and_its_images_go_back",),
     ),
     Mutant(
-        "claim-own-twin",
-        M5,
-        "          AND NOT EXISTS (SELECT 1 FROM work_units AS o\n"
-        "                          WHERE o.id = c.twin_of AND ganpool_worked_on(o, p_worker_id))\n",
+        "claim-touched-ignored",
+        M8,
+        "          AND NOT ganpool_touched(c, v_key)\n",
+        "",
+        "a student may be handed a copy, or the spot-check twin, of a unit they worked on",
+        (f"{LEASES}::test_a_worker_is_never_handed_the_spot_check_twin_of_its_own_unit",),
+    ),
+    Mutant(
+        "touched-no-twin",
+        M8,
+        "            UNION ALL\n"
+        "            SELECT m.id, m.worker_id FROM work_units AS m WHERE m.id = c.twin_of\n",
         "",
         "a worker may be handed the spot-check twin of its own unit",
-        ("tests/security/test_attacks.py",),
+        (f"{LEASES}::test_a_worker_is_never_handed_the_spot_check_twin_of_its_own_unit",),
+    ),
+    Mutant(
+        "touched-no-failures",
+        M8,
+        "    ) OR EXISTS (SELECT 1 FROM unit_failures AS f\n"
+        "                 WHERE f.family_id = v_family AND f.who = p_key);",
+        "    );",
+        "a unit a student reported they cannot compute is handed back to that student",
+        (FAMILY, POISON),
+    ),
+    Mutant(
+        "worker-key-per-worker",
+        M8,
+        "THEN 'login:' || w.role_name",
+        "THEN 'worker:' || w.id",
+        "a student's second worker counts as another student (twins, copies, the unit cap)",
+        (f"{ONE}::test_spot_check_twins_go_to_different_students",),
+    ),
+    Mutant(
+        "claim-cap-plus-one",
+        M8,
+        "              AND o.role_name = w.role_name) >= v_cap THEN",
+        "              AND o.role_name = w.role_name) > v_cap THEN",
+        "a student holds one unit more than max_units_per_student",
+        (f"{ONE}::test_a_student_holds_at_most_the_cap_and_cannot_stretch_a_lease",),
+    ),
+    Mutant(
+        "claim-backup-same-step",
+        M8,
+        "AND (c.backup_of IS NULL OR r.config ->> 'aggregation' = 'mean'",
+        "AND (true",
+        "under a robust rule, a backup copy gives one student two results of one step",
+        (FAMILY,),
     ),
     Mutant(
         "claim-wait-not-skip",
-        M5,
+        M8,
         "FOR UPDATE OF c SKIP LOCKED",
         "FOR UPDATE OF c",
         "concurrent claims queue on one row (and may come back empty) instead of skipping it",
@@ -183,23 +275,23 @@ MUTANTS = [
     # -- submitting --------------------------------------------------------------------------
     Mutant(
         "submit-stale-accepted",
-        M5,
-        "    ELSIF u.state = 'cancelled' THEN",
+        M6,
+        "    ELSIF u.state = 'cancelled' AND u.worker_id = p_worker_id THEN",
         "    ELSIF false THEN",
-        "a result for a cancelled unit is recorded",
+        "a result for a cancelled unit is not told it is stale",
         (f"{PROTOCOL}::test_a_late_result_is_rejected_with_its_reason_and_its_images_go_back",),
     ),
     Mutant(
         "submit-any-attempt",
-        M5,
+        M6,
         "ELSIF u.worker_id IS DISTINCT FROM p_worker_id OR u.attempt <> p_attempt THEN",
         "ELSIF u.worker_id IS DISTINCT FROM p_worker_id THEN",
         "a worker whose lease expired submits over its own new claim",
-        (PROTOCOL,),
+        (f"{LEASES}::test_an_expired_attempt_can_neither_heartbeat_nor_submit_over_the_next_one",),
     ),
     Mutant(
         "submit-any-holder",
-        M5,
+        M6,
         "ELSIF u.worker_id IS DISTINCT FROM p_worker_id OR u.attempt <> p_attempt THEN",
         "ELSIF u.attempt <> p_attempt THEN",
         "a worker submits for a unit another worker holds",
@@ -207,23 +299,23 @@ MUTANTS = [
     ),
     Mutant(
         "submit-any-state",
-        M5,
+        M6,
         "    ELSIF u.state <> 'claimed' THEN",
         "    ELSIF false THEN",
         "a submission for a pending or rejected unit gets past the state check",
-        (LEASES,),
+        (f"{LEASES}::test_a_refused_result_cannot_be_sent_again",),
     ),
     Mutant(
         "submit-any-run-status",
-        M5,
+        M6,
         "    ELSIF v_status NOT IN ('running', 'paused') THEN",
         "    ELSIF false THEN",
         "results are recorded after the run has finished or stopped",
-        (LEASES,),
+        (f"{LEASES}::test_a_paused_run_hands_out_nothing_and_a_stopped_run_takes_no_result",),
     ),
     Mutant(
         "submit-samples-one",
-        M5,
+        M6,
         "VALUES (u.run_id, u.id, p_worker_id, u.version, cardinality(u.indices), p_g_loss,",
         "VALUES (u.run_id, u.id, p_worker_id, u.version, 1, p_g_loss,",
         "every result weighs the same, whatever its unit's size",
@@ -231,33 +323,50 @@ MUTANTS = [
     ),
     Mutant(
         "submit-retry-any-attempt",
-        M5,
+        M6,
         "    ELSIF u.state IN ('submitted', 'applied') AND u.worker_id = p_worker_id\n"
         "          AND u.attempt = p_attempt THEN",
         "    ELSIF u.state IN ('submitted', 'applied') AND u.worker_id = p_worker_id THEN",
         "an old attempt's late result is told 'already recorded' instead of 'lease lost'",
         (LEASES,),
     ),
+    Mutant(
+        "submit-size-unchecked",
+        M6,
+        "    IF v_size > (SELECT (config ->> 'max_payload_bytes')::bigint FROM runs "
+        "WHERE id = w.run_id) THEN",
+        "    IF false THEN",
+        "an oversized one-call submission is not refused with its reason",
+        (f"{PAYLOADS}::test_oversized_payloads_are_refused_at_the_door",),
+    ),
     # -- who may call ------------------------------------------------------------------------
     Mutant(
         "caller-not-owner",
-        M5,
+        M6,
         "    IF w.role_name <> session_user AND NOT ganpool_is_instructor() THEN",
         "    IF false THEN",
         "a student acts for another student's worker",
         (f"{ROLES}::test_a_student_cannot_act_for_another_students_worker",),
     ),
     Mutant(
+        "owned-not-owner",
+        M8,
+        "    IF w.role_name <> session_user AND NOT ganpool_is_instructor() THEN",
+        "    IF false THEN",
+        "claim, heartbeat, release, report_failure: the unlocked ownership check skipped",
+        (f"{ROLES}::test_a_student_cannot_act_for_another_students_worker",),
+    ),
+    Mutant(
         "caller-disabled",
-        M5,
+        M6,
         "    IF w.disabled AND NOT p_leaving THEN",
         "    IF false THEN",
         "a worker disabled for failed spot checks keeps working",
-        ("tests/security/test_attacks.py",),
+        (f"{ATTACKS}::test_a_sign_flipper_is_caught_by_spot_checks_held_out_and_disabled",),
     ),
     Mutant(
         "payload-not-waiting",
-        M5,
+        M6,
         "    IF r.id IS NULL OR r.status <> 'submitted' THEN",
         "    IF r.id IS NULL THEN",
         "a payload is written for a result already decided",
@@ -265,21 +374,98 @@ MUTANTS = [
     ),
     Mutant(
         "payload-any-owner",
-        M5,
+        M6,
         "    PERFORM ganpool_caller_worker(r.worker_id);  -- the caller's own result",
         "    -- (owner check removed)",
         "a student writes the payload of another student's result",
         (f"{ROLES}::test_a_payload_by_copy_goes_only_to_the_students_own_waiting_result",),
     ),
     Mutant(
+        "payload-row-unbounded",
+        M6,
+        "    IF octet_length(NEW.payload) > ganpool_payload_chunk_bytes() THEN",
+        "    IF false THEN",
+        "one COPY row of any size is taken: the server buffers it whole before any check",
+        (f"{STALLS}::test_an_oversized_upload_is_refused_chunk_by_chunk",),
+    ),
+    Mutant(
+        "payload-total-per-row",
+        M6,
+        "    IF v_bytes + octet_length(NEW.payload) > v_limit THEN",
+        "    IF octet_length(NEW.payload) > v_limit THEN",
+        "an upload in many rows, each under the run's limit, passes the limit in all",
+        (f"{STALLS}::test_an_oversized_upload_is_refused_chunk_by_chunk", PAYLOADS),
+    ),
+    # -- giving back, failures, quarantine ----------------------------------------------------
+    Mutant(
         "release-any-worker",
-        M2,
-        "SET state = 'pending', worker_id = NULL, lease_expires_at = NULL\n"
-        "    WHERE id = p_unit_id AND worker_id = p_worker_id AND attempt = p_attempt",
-        "SET state = 'pending', worker_id = NULL, lease_expires_at = NULL\n"
-        "    WHERE id = p_unit_id AND attempt = p_attempt",
+        M8,
+        "    WHERE id = p_unit_id AND worker_id = p_worker_id AND attempt = p_attempt\n"
+        "      AND state = 'claimed';\n    RETURN FOUND;",
+        "    WHERE id = p_unit_id AND attempt = p_attempt\n      AND state = 'claimed';\n"
+        "    RETURN FOUND;",
         "a worker releases a unit another worker holds",
-        (LEASES,),
+        (f"{LEASES}::test_a_worker_cannot_release_a_unit_another_worker_holds",),
+    ),
+    Mutant(
+        "report-failure-any-worker",
+        M8,
+        "    WHERE id = p_unit_id AND worker_id = p_worker_id AND attempt = p_attempt\n"
+        "      AND state = 'claimed'\n    RETURNING * INTO u;",
+        "    WHERE id = p_unit_id AND attempt = p_attempt\n      AND state = 'claimed'\n"
+        "    RETURNING * INTO u;",
+        "a student reports a unit another worker holds: takes it away, counts toward quarantine",
+        (FAMILY,),
+    ),
+    Mutant(
+        "report-failure-any-image",
+        M8,
+        "CASE WHEN p_image_index = ANY (u.indices) THEN p_image_index END",
+        "p_image_index",
+        "a worker names an image outside its unit bad: never handed out again once quarantined",
+        (FAMILY,),
+    ),
+    Mutant(
+        "report-failure-per-copy",
+        M8,
+        "VALUES (u.run_id, coalesce(u.backup_of, u.id), p_worker_id, ganpool_worker_key(w),",
+        "VALUES (u.run_id, u.id, p_worker_id, ganpool_worker_key(w),",
+        "reports on a unit's copies never add up to a quarantine of the unit",
+        (FAMILY, POISON),
+    ),
+    Mutant(
+        "report-failure-per-worker",
+        M8,
+        "VALUES (u.run_id, coalesce(u.backup_of, u.id), p_worker_id, ganpool_worker_key(w),",
+        "VALUES (u.run_id, coalesce(u.backup_of, u.id), p_worker_id, 'worker:' || w.id,",
+        "one student with several workers counts as several reporters: quarantines a unit alone",
+        (FAMILY,),
+    ),
+    Mutant(
+        "quarantine-after-one",
+        Q,
+        "GROUP BY family_id HAVING count(DISTINCT who) >= %(after)s",
+        "GROUP BY family_id HAVING count(DISTINCT who) >= least(%(after)s, 1)",
+        "one student's report sets a unit aside, whatever quarantine_after says",
+        (FAMILY, POISON),
+    ),
+    Mutant(
+        "quarantine-computed-too",
+        Q,
+        "      AND NOT EXISTS (SELECT 1 FROM work_units AS m\n"
+        "                      WHERE coalesce(m.backup_of, m.id) = failing.family_id\n"
+        "                        AND m.state IN ('submitted', 'applied'))\n",
+        "",
+        "a unit some copy computed is set aside all the same (and its images counted twice)",
+        (FAMILY,),
+    ),
+    Mutant(
+        "quarantine-good-images-lost",
+        Q,
+        "UPDATE epochs SET returned = returned || %(indices)s::integer[]",
+        "UPDATE epochs SET returned = returned || (%(indices)s::integer[])[1:0]",
+        "a quarantined unit's good images never come back to the epoch",
+        (POISON,),
     ),
     # -- the step's queries ------------------------------------------------------------------
     Mutant(
@@ -294,22 +480,96 @@ MUTANTS = [
     Mutant(
         "give-back-lost",
         Q,
-        "UPDATE epochs SET returned = returned || %(indices)s::integer[]",
-        "UPDATE epochs SET returned = returned",
-        "a rejected result's images never come back to the epoch",
-        (PROTOCOL,),
+        "UPDATE epochs AS e SET returned = e.returned || images.indices",
+        "UPDATE epochs AS e SET returned = e.returned",
+        "a refused or cancelled unit's images never come back to the epoch",
+        (f"{PROTOCOL}::test_a_late_result_is_rejected_with_its_reason_and_its_images_go_back",),
+    ),
+    Mutant(
+        "reissue-refused-never",
+        Q,
+        "WHERE (m.id = f.id OR m.backup_of = f.id) AND m.state = 'rejected')",
+        "WHERE (m.id = f.id OR m.backup_of = f.id) AND m.state = 'rejected' AND false)",
+        "a refused unit is never sent again: under the alternating rule the run waits for good",
+        (f"{DEFAULTS}::test_every_g_result_refused_is_reissued_even_across_a_restart",),
+    ),
+    # -- the sweeper of stalled student sessions ----------------------------------------------
+    Mutant(
+        "sweeper-idle-never",
+        M6,
+        "        WHERE (a.state LIKE 'idle in transaction%'\n",
+        "        WHERE (a.state = 'never'\n",
+        "a student's session left idle in a transaction keeps its locks for ever",
+        (f"{STALLS}::test_a_listener_left_idle_in_a_transaction_is_ended",),
+    ),
+    Mutant(
+        "sweeper-active-never",
+        M6,
+        "           OR (a.state = 'active' AND a.query_start",
+        "           OR (a.state = 'never' AND a.query_start",
+        "a student's upload stalled mid-COPY keeps its locks for ever",
+        (f"{STALLS}::test_a_stalled_upload_is_ended_whatever_timeouts_the_student_set",),
+    ),
+    Mutant(
+        "sweeper-anyone",
+        M6,
+        "        SELECT a.pid FROM pg_stat_activity AS a JOIN students AS s "
+        "ON s.role_name = a.usename\n",
+        "        SELECT a.pid FROM pg_stat_activity AS a\n",
+        "the sweeper also ends the coordinator's and the instructor's long sessions",
+        (STALLS,),
     ),
 ]
+
+FUNCTION = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+(\w+)\s*\(", re.IGNORECASE)
+QUERY = re.compile(r"^-- (\w+) --$", re.MULTILINE)
+
+
+def enclosing_function(text: str, at: int) -> str | None:
+    """The function whose definition (header to closing $$) holds offset `at`, if any."""
+    headers = list(FUNCTION.finditer(text, 0, at + 1))
+    if not headers:
+        return None
+    body = text.find("$$", headers[-1].end())
+    end = text.find("$$", body + 2)
+    return headers[-1].group(1) if body != -1 and at < end else None
+
+
+def dead_because(mutant: Mutant, src: Path) -> str | None:
+    """Why the mutant's text cannot change behaviour, or None when it is live: it sits in a
+    function that a later migration replaces (or drops), or in a named query no code runs."""
+    sql = src / SQL
+    text = (sql / mutant.file).read_text()
+    at = text.index(mutant.find)
+    if mutant.file == Q:
+        name = [m.group(1) for m in QUERY.finditer(text, 0, at)][-1]
+        code = "".join(p.read_text() for p in (src / "ganpool").rglob("*.py"))
+        return None if f'"{name}"' in code else f"dead: no code runs the query {name}"
+    function = enclosing_function(text, at)
+    if function is None:
+        return None
+    later = re.compile(rf"FUNCTION\s+{function}\s*\(", re.IGNORECASE)
+    for path in sorted((sql / "migrations").glob("*.sql")):
+        if path.name > Path(mutant.file).name and later.search(path.read_text()):
+            return f"dead: {function} is defined again in {path.name}; plant it there"
+    return None
+
+
+def check(mutant: Mutant, src: Path) -> str | None:
+    """None when the mutant can be planted where it changes behaviour, else why not."""
+    found = (src / SQL / mutant.file).read_text().count(mutant.find)
+    if found != 1:
+        return f"stale: its text is found {found} times in {mutant.file}"
+    return dead_because(mutant, src)
 
 
 def plant(mutant: Mutant, src: Path) -> str | None:
     """Apply the mutant to the scratch copy; None when done, else why it cannot be."""
+    problem = check(mutant, src)
+    if problem:
+        return problem
     path = src / SQL / mutant.file
-    text = path.read_text()
-    found = text.count(mutant.find)
-    if found != 1:
-        return f"stale: its text is found {found} times in {mutant.file}"
-    path.write_text(text.replace(mutant.find, mutant.replace))
+    path.write_text(path.read_text().replace(mutant.find, mutant.replace))
     return None
 
 
@@ -356,6 +616,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", default=[], help="ids containing this")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
+    parser.add_argument("--check", action="store_true", help="only check each is live")
     parser.add_argument("--again", action="store_true", help="retry mutants with a verdict")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per pytest run")
     args = parser.parse_args()
@@ -364,6 +625,15 @@ def main() -> int:
         for m in chosen:
             print(f"{m.id:28} {m.file:34} {m.bug}")
         return 0
+    # A mutant that no longer sits in live SQL would survive for no fault of the tests:
+    # refuse to run until the list follows the migrations.
+    problems = [(m.id, check(m, ROOT / "src")) for m in chosen]
+    problems = [(name, why) for name, why in problems if why]
+    for name, why in problems:
+        print(f"{name}: {why}", file=sys.stderr)
+    if problems or args.check:
+        print(f"{len(problems)} of {len(chosen)} mutants not live", file=sys.stderr)
+        return 2 if problems else 0
     # Verdicts are kept (mutants/sql-mutants.json), so an interrupted run resumes.
     saved = ROOT / "mutants" / "sql-mutants.json"
     saved.parent.mkdir(parents=True, exist_ok=True)

@@ -118,3 +118,24 @@ def test_a_worker_is_never_handed_the_spot_check_twin_of_its_own_unit(db):
         assert twin_of in {u["unit_id"] for u in mine}
     finally:
         a.close(), b.close(), coordinator.close()
+
+
+def test_a_heartbeat_after_the_lease_ran_out_does_not_revive_it(db):
+    # Between the lease running out and the coordinator's next tick, the unit is still
+    # marked claimed: a late heartbeat must not take it back.
+    run = make_run(db, unit_size=10, results_per_step=1, lease_s=1.0)
+    coordinator = Coordinator(db, run)
+    coordinator.start()
+    a = FakeStudent(db, run, "a")
+    try:
+        unit = a.claim()
+        time.sleep(1.3)  # no tick: the unit's row still says claimed, by a
+        assert _state(a, unit["unit_id"])["state"] == "claimed"
+        holds = a.store.one(
+            "heartbeat", worker_id=a.id, unit_id=unit["unit_id"], attempt=unit["attempt"]
+        )["holds"]
+        assert not holds
+        coordinator.tick()
+        assert _state(a, unit["unit_id"])["state"] == "pending"
+    finally:
+        a.close(), coordinator.close()

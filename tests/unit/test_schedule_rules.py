@@ -72,3 +72,17 @@ def test_one_call_can_open_several_epochs_and_a_last_single_image_is_still_issue
         (0, 1),
         (1, 33),
     ]
+
+
+@pytest.mark.timeout(10)  # the bug this guards against is an endless loop
+def test_quarantined_images_are_never_planned_and_all_of_them_is_a_clear_error():
+    # With every image skipped no epoch could ever yield a unit: planning would open epochs
+    # for ever, so it refuses at once.
+    epochs: list[EpochState] = []
+    skip = frozenset(range(1, 10))  # one image of ten left
+    units = plan_units(
+        epochs, 0, 3, unit_size=4, run_seed=2, dataset_size=10, first_seq=0, skip=skip
+    )
+    assert [u.indices for u in units] == [[0], [0], [0]]
+    with pytest.raises(ValueError, match="every image of the dataset is quarantined"):
+        plan_units([], 0, 1, 4, 2, 10, 0, skip=frozenset(range(10)))
