@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch from this machine's disk (the CPU wheel), never a CUDA build from an index.
 PIP    := $(BIN)/pip install --quiet -c constraints.txt
 
-.PHONY: demo test wheel bench lint format clean
+.PHONY: demo test wheel bench bench-quality lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ test: $(STAMP) wheel
 # Performance figures (not part of `make test`): bench/results/latest.json + a table.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/performance.py
+
+# Quality protocol (docs/quality.md; not part of `make test`): KID of each training mode over
+# paired seeds -> bench/results/quality.json. About an hour of one CPU core; reruns reuse
+# the per-seed results that still match (--resume).
+bench-quality: $(STAMP)
+	nice -n 15 $(BIN)/python benchmarks/quality_protocol.py --resume
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
