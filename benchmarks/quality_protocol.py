@@ -55,7 +55,21 @@ ARMS: dict[str, dict] = {
     "alternating": {"update_rule": "alternating"},
     "simultaneous": {"update_rule": "simultaneous"},
 }
-LOCAL_ARMS: dict[str, dict] = {}  # filled in by the local mode (see docs/quality.md)
+# The local rule (DiLoCo): H batches per unit, the outer step delayed one round so uploads
+# overlap computing; weight changes in 16 or 8 bits. Refused (skipped) by code without it.
+LOCAL_ARMS: dict[str, dict] = {
+    f"local-h{h}-{dtype}": {
+        "update_rule": "local",
+        "local_steps": h,
+        "outer_delay": 1,
+        "delta_dtype": {"bf16": "bfloat16", "int8": "int8"}[dtype],
+    }
+    for h, dtype in ((8, "bf16"), (32, "bf16"), (32, "int8"))
+}
+# Run only when named (--arms): gradients sent in 16 bits under the default rule.
+EXTRA_ARMS: dict[str, dict] = {
+    "alternating-bf16": {"update_rule": "alternating", "transport": "bfloat16"},
+}
 KID_SUBSETS = 50  # random subsets per KID; each figure's spread is over these
 NOISE_STREAM = 1_000_003  # generated-image noise seed = NOISE_STREAM + run seed
 
@@ -69,6 +83,7 @@ class Protocol:
     kid_samples: int  # generated images per KID
     faces: int  # real faces used (the first N built-in ones)
     held_out: int  # of those, the last `held_out` are never trained on
+    repeat: int  # the training set is the remaining faces, each `repeat` times
     threads: int
 
     def checkpoint_images(self) -> list[int]:
@@ -82,7 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--checkpoints", type=int, default=4, help="KID points, evenly spaced")
     ap.add_argument("--kid-samples", type=int, default=100, help="generated images per KID")
     ap.add_argument("--faces", type=int, default=100, help="real faces used (first N)")
-    ap.add_argument("--held-out", type=int, default=25, help="faces kept out of training")
+    ap.add_argument("--held-out", type=int, default=20, help="faces kept out of training")
+    ap.add_argument("--repeat", type=int, default=10, help="copies of each training face")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (pinned)")
     ap.add_argument("--floor-splits", type=int, default=20, help="random halvings of the real")
     ap.add_argument("--arms", nargs="+", help="arm names to run (default: every available)")
@@ -93,6 +109,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("at least 2 seeds: a confidence interval needs a spread")
     if not 0 < args.held_out < args.faces <= 100:
         ap.error("need 0 < --held-out < --faces <= 100")
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
     return args
 
 
@@ -127,8 +145,8 @@ def environment(threads: int) -> dict:
 
 def available_arms(names: list[str] | None) -> tuple[dict[str, dict], list[str]]:
     """The arms to run, and the names of those this code cannot run (unknown settings)."""
-    every = ARMS | LOCAL_ARMS
-    wanted = names or list(every)
+    every = ARMS | LOCAL_ARMS | EXTRA_ARMS
+    wanted = names or list(ARMS | LOCAL_ARMS)
     unknown = [n for n in wanted if n not in every]
     if unknown:
         sys.exit(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(every)}")
@@ -154,12 +172,20 @@ def record_key(proto: Protocol, arm: dict, seed: int, env: dict) -> str:
 
 
 def split_faces(proto: Protocol) -> tuple[InMemoryImages, torch.Tensor, torch.Tensor]:
-    """(training set, all real images used, held-out images)."""
+    """(training set, all real images used, held-out images).
+
+    The training faces are repeated: a unit never spans two epochs, so with 80 images an
+    epoch could not hold the local rule's units of H x 25 images. With 10 copies an epoch is
+    800 images: whole units for every arm (25, 8 x 25 and 32 x 25 images), so every step of
+    every arm sees the same number of images. Each face appears 10 times per epoch, in a
+    random order — the same for every arm of a seed."""
     faces = builtin_faces()
     used = faces.images[: proto.faces]
     n_train = proto.faces - proto.held_out
     train = InMemoryImages(
-        used[:n_train], f"{faces.fingerprint}-first{n_train}", faces.originals[:n_train]
+        used[:n_train].repeat(proto.repeat, 1, 1, 1),
+        f"{faces.fingerprint}-first{n_train}x{proto.repeat}",
+        np.tile(faces.originals[:n_train], (proto.repeat, 1, 1)),
     )
     return train, used, used[n_train:]
 
@@ -327,7 +353,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     proto = Protocol(
-        args.images, args.checkpoints, args.kid_samples, args.faces, args.held_out, args.threads
+        args.images,
+        args.checkpoints,
+        args.kid_samples,
+        args.faces,
+        args.held_out,
+        args.repeat,
+        args.threads,
     )
     env = environment(args.threads)
     arms, unavailable = available_arms(args.arms)
@@ -339,7 +371,8 @@ def main(argv: list[str] | None = None) -> None:
     evaluate = Evaluator(proto, real, held_out)
     print(
         f"{env['torch']} ({args.threads} thread(s)) on {env['cpu']}; {len(real)} real faces "
-        f"({len(train)} trained on, {len(held_out)} held out), real features in "
+        f"({len(real) - len(held_out)} trained on, x{proto.repeat} per epoch, "
+        f"{len(held_out)} held out), real features in "
         f"{evaluate.real_seconds:.0f} s; KID on {proto.kid_samples} generated images at "
         f"{proto.checkpoint_images()} images seen",
         flush=True,
