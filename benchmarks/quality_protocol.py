@@ -247,9 +247,9 @@ class Evaluator:
 
 
 def images_per_step(cfg) -> int:
-    """Images a synchronous step consumes (its units are full: the training set is a
-    multiple of the unit size, see --faces/--held-out)."""
-    return cfg.units_issued_per_step * cfg.unit_size
+    """Images a step (a round, under the local rule) consumes: its units are whole, as the
+    training set is a multiple of every arm's unit (see split_faces)."""
+    return cfg.units_issued_per_step * getattr(cfg, "unit_images", cfg.unit_size)
 
 
 def train_one(proto: Protocol, arm: dict, seed: int, train: InMemoryImages, evaluate) -> dict:
