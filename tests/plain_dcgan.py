@@ -88,3 +88,76 @@ def train_plain(
     return {f"G.{k}": v for k, v in g.state_dict().items()} | {
         f"D.{k}": v for k, v in d.state_dict().items()
     }
+
+
+def local_round_unit(g: nn.Module, d: nn.Module, images: torch.Tensor, seed: int, cfg) -> dict:
+    """The local rule's unit, as the DCGAN paper's loop (pytorch/examples' dcgan) writes it:
+    on copies of the base networks, with a fresh Adam each, for every batch of unit_size
+    images: a D step on the real batch and a detached fake one, then a G step through the
+    updated D. Returns base - trained for every parameter, and the final statistics."""
+    base_g, base_d = g, d
+    g, d = copy.deepcopy(g), copy.deepcopy(d)
+    g.train(), d.train()
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    noise = torch.Generator().manual_seed(seed)
+    for start in range(0, images.shape[0], cfg.unit_size):
+        real = images[start : start + cfg.unit_size]
+        n = real.shape[0]
+        fake = g(torch.randn(n, cfg.nz, generator=noise))
+        d.zero_grad()
+        d_loss = F.binary_cross_entropy_with_logits(d(real), torch.ones(n))
+        d_loss = d_loss + F.binary_cross_entropy_with_logits(d(fake.detach()), torch.zeros(n))
+        d_loss.backward()
+        opt_d.step()
+        g.zero_grad()
+        # Only G's parameters are asked for: the updated D is a fixed function here.
+        g_loss = F.binary_cross_entropy_with_logits(d(fake), torch.ones(n))
+        for p, grad in zip(
+            g.parameters(), torch.autograd.grad(g_loss, list(g.parameters())), strict=True
+        ):
+            p.grad = grad
+        opt_g.step()
+    out = {f"buf.G.{k}": v for k, v in statistics_of(g).items()}
+    out |= {f"buf.D.{k}": v for k, v in statistics_of(d).items()}
+    for prefix, before, after in (("G", base_g, g), ("D", base_d, d)):
+        for (name, p0), p1 in zip(before.named_parameters(), after.parameters(), strict=True):
+            out[f"grad.{prefix}.{name}"] = (p0 - p1).detach()
+    return out
+
+
+def train_plain_local(cfg, dataset, rounds: Iterable[list[Unit]]) -> dict[str, torch.Tensor]:
+    """Weights after the given rounds of the local rule: each round's weight changes are
+    averaged by images and applied by torch's SGD with (Nesterov) momentum, the outer
+    optimiser of DiLoCo; with outer_delay 1 a round trains on the version before the one it
+    is applied to."""
+    g, d = build_models(cfg.model, cfg.seed)
+    params = list(g.parameters()) + list(d.parameters())
+    outer = torch.optim.SGD(
+        params, lr=cfg.outer_lr, momentum=cfg.outer_momentum, nesterov=cfg.outer_nesterov
+    )
+    history = [copy.deepcopy((g, d))]  # the versions published so far
+    for r, units in enumerate(rounds):
+        base_g, base_d = history[max(0, r - cfg.outer_delay)]
+        sums: dict[str, torch.Tensor] = {}
+        images = 0
+        for indices, seed in units:
+            n = len(indices)
+            result = local_round_unit(base_g, base_d, dataset.batch(list(indices)), seed, cfg)
+            for k, t in result.items():
+                sums[k] = sums.get(k, 0) + n * t.double()
+            images += n
+        mean = {k: s.float() / images for k, s in sums.items()}
+        for prefix, net in (("G", g), ("D", d)):
+            for name, p in net.named_parameters():
+                p.grad = mean[f"grad.{prefix}.{name}"]
+        outer.step()
+        with torch.no_grad():
+            for prefix, net in (("G", g), ("D", d)):
+                for name, buf in net.named_buffers():
+                    if buf.is_floating_point():
+                        buf.copy_(mean[f"buf.{prefix}.{name}"])
+        history.append(copy.deepcopy((g, d)))
+    return {f"G.{k}": v for k, v in g.state_dict().items()} | {
+        f"D.{k}": v for k, v in d.state_dict().items()
+    }

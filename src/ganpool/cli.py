@@ -572,8 +572,11 @@ def cmd_dashboard(args) -> int:
 
 def cmd_demo(args) -> int:
     from ganpool.local_demo.demo import run_demo
+    from ganpool.settings import load_run_config
 
-    summary = run_demo(workers=args.workers, steps=args.steps, out=Path(args.out), db=args.db)
+    settings = _parse_sets(args.set or [])
+    load_run_config(overrides=settings)  # a bad setting: one line, before a server starts
+    summary = run_demo(args.workers, args.steps, Path(args.out), args.db, settings)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -852,6 +855,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=_int_at_least(1), default=600, help="training steps")
     d.add_argument("--out", default="demo-out", help="folder for samples, logs, summary.json")
     d.add_argument("--db", help="use this server instead of starting an embedded one")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
     return p
 
 

@@ -21,6 +21,8 @@ DATASETS = ("faces", "folder")
 STALENESS_POLICIES = ("reject",)
 AGGREGATIONS = ("mean", "clip", "trimmed_mean", "median")
 TRANSPORTS = ("float32", "bfloat16", "float16")
+UPDATE_RULES = ("alternating", "simultaneous", "local")
+DELTA_DTYPES = ("float32", "bfloat16", "int8")
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,23 @@ class RunConfig:
     hold_factor: float = 10.0
     quarantine_after: int = 2  # set a unit aside when this many students cannot compute it
     # "alternating" (the paper's loop, in distributed form: a D phase, then a G phase through
-    # the new D) or "simultaneous" (both gradients on one version: half the round trips).
+    # the new D), "simultaneous" (both gradients on one version: half the round trips) or
+    # "local" (each unit runs local_steps steps of the paper's loop on the worker and sends
+    # its weight change: ~local_steps times fewer bytes per image; docs/protocol.md).
     # The default is the rule that trained better at equal images (docs/quality.md).
     update_rule: str = "alternating"
+    # The local rule (DiLoCo): a unit is local_steps batches of unit_size images, trained with
+    # a fresh Adam (lr_g/lr_d, betas) from the unit's base version; the coordinator averages
+    # the weight changes by images and takes an outer SGD step on them.
+    local_steps: int = 32  # H: batches (and steps of the paper's loop) per unit
+    outer_lr: float = 0.7  # DiLoCo's; 1.0 with outer_momentum 0 = plain averaging
+    outer_momentum: float = 0.9
+    outer_nesterov: bool = True
+    delta_dtype: str = "bfloat16"  # "float32", "bfloat16" or "int8" (blockwise, scale per block)
+    # 1: a round's units are computed on the newest published version while the previous
+    # round's changes upload and are applied (the outer step delayed one round: workers
+    # never wait on a round trip); 0: on the version their own round starts from.
+    outer_delay: int = 0
     # The dtype gradients travel in: "bfloat16" or "float16" halve every upload (the
     # coordinator still sums and steps in full precision). docs/performance.md has the study.
     transport: str = "float32"
@@ -112,6 +128,18 @@ class RunConfig:
         return "D" if version % 2 == 0 else "G"
 
     @property
+    def unit_images(self) -> int:
+        """Images per issued unit: local_steps batches under the local rule, else one."""
+        return self.unit_size * (self.local_steps if self.update_rule == "local" else 1)
+
+    def base_version(self, version: int) -> int:
+        """The version whose weights a unit of `version` is computed on: the same, except
+        under the local rule's delayed outer step (the newest version when it was issued)."""
+        if self.update_rule != "local":
+            return version
+        return max(0, version - self.outer_delay)
+
+    @property
     def transport_dtype(self) -> torch.dtype:
         return getattr(torch, self.transport)
 
@@ -143,7 +171,7 @@ def _defaults() -> dict[str, Any]:
 def _coerce(name: str, value: Any, want: type) -> Any:
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, want) or isinstance(value, bool):
+    if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
         raise ConfigError(
             f"setting {name!r} must be {want.__name__}, got {type(value).__name__} {value!r}"
         )
@@ -185,12 +213,8 @@ def validate(c: RunConfig) -> None:
     )
     _check(c.hold_factor >= 1, "hold_factor", c.hold_factor, "must be >= 1")
     _check(c.quarantine_after >= 1, "quarantine_after", c.quarantine_after, "must be >= 1")
-    _check(
-        c.update_rule in ("simultaneous", "alternating"),
-        "update_rule",
-        c.update_rule,
-        "must be 'simultaneous' or 'alternating'",
-    )
+    _check(c.update_rule in UPDATE_RULES, "update_rule", c.update_rule, f"one of {UPDATE_RULES}")
+    _validate_local(c)
     _check(
         c.staleness in STALENESS_POLICIES, "staleness", c.staleness, f"one of {STALENESS_POLICIES}"
     )
@@ -231,6 +255,30 @@ def validate(c: RunConfig) -> None:
     _check(2 <= c.quality_samples <= 50000, "quality_samples", c.quality_samples, "2 to 50000")
     _check(c.sample_every >= 1, "sample_every", c.sample_every, "must be >= 1")
     _check(c.keep_versions >= 1, "keep_versions", c.keep_versions, "must be >= 1")
+
+
+def _validate_local(c: RunConfig) -> None:
+    """The local rule's settings (checked whatever the rule, so a file stays valid when only
+    its update_rule changes)."""
+    _check(1 <= c.local_steps <= 10000, "local_steps", c.local_steps, "must be 1 to 10000")
+    _check(0 < c.outer_lr <= 10, "outer_lr", c.outer_lr, "must be in (0, 10]")
+    _check(0 <= c.outer_momentum < 1, "outer_momentum", c.outer_momentum, "must be in [0, 1)")
+    _check(c.delta_dtype in DELTA_DTYPES, "delta_dtype", c.delta_dtype, f"one of {DELTA_DTYPES}")
+    _check(c.outer_delay in (0, 1), "outer_delay", c.outer_delay, "must be 0 or 1")
+    if c.update_rule != "local":
+        return
+    _check(
+        c.transport == "float32",
+        "transport",
+        c.transport,
+        "the local rule sends weight changes in delta_dtype; leave transport at 'float32'",
+    )
+    _check(
+        c.outer_delay == 0 or c.keep_versions >= 2,
+        "keep_versions",
+        c.keep_versions,
+        "must be >= 2 with outer_delay 1 (two rounds compute on two versions)",
+    )
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -8,7 +8,7 @@ from ganpool.data.datasets import builtin_faces
 from ganpool.protocol.schedule import EpochState, plan_units
 from ganpool.settings import load_run_config
 from ganpool.training.local import train_local
-from tests.plain_dcgan import train_plain
+from tests.plain_dcgan import train_plain, train_plain_local
 
 
 def test_train_local_with_uneven_units_equals_a_plain_pytorch_loop():
@@ -45,4 +45,38 @@ def test_train_local_with_uneven_units_equals_a_plain_pytorch_loop():
     start = train_plain(cfg, dataset, [])
     for name in want:
         if "running_" in name:
+            assert not torch.equal(want[name], start[name]), name
+
+
+@pytest.mark.parametrize("outer_delay", [0, 1], ids=["synchronous", "delayed"])
+def test_train_local_local_rule_equals_a_plain_pytorch_loop(outer_delay):
+    """H = 3 local steps of unit_size 10: units of 30 images, and the epoch's last unit holds
+    10 (one local step, not three): rounds of [30, 30], [30, 10], [30, 30]."""
+    cfg = load_run_config(
+        overrides={
+            "update_rule": "local",
+            "unit_size": 10,
+            "local_steps": 3,
+            "results_per_step": 2,
+            "delta_dtype": "float32",
+            "outer_delay": outer_delay,
+        }
+    )
+    dataset = builtin_faces(cfg.image_size, cfg.channels)
+    epochs: list[EpochState] = []
+    rounds = []
+    for r in range(3):
+        units = plan_units(epochs, len(epochs), 2, 30, cfg.seed, len(dataset), 2 * r)
+        rounds.append([(u.indices, u.noise_seed) for u in units])
+    assert [[len(i) for i, _ in units] for units in rounds] == [[30, 30], [30, 10], [30, 30]]
+
+    want = train_plain_local(cfg, dataset, rounds)
+    got = train_local(cfg, dataset, steps=3).weights()
+    assert set(got) == set(want)
+    for name, t in want.items():
+        torch.testing.assert_close(got[name], t, rtol=1e-5, atol=1e-6, msg=name)
+    # The reference itself moved every network and every BatchNorm statistic.
+    start = train_plain_local(cfg, dataset, [])
+    for name in want:
+        if "num_batches" not in name:
             assert not torch.equal(want[name], start[name]), name

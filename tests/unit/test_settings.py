@@ -36,6 +36,23 @@ def test_toml_file_and_overrides(tmp_path):
         ({"transport": "int8"}, "'transport' = 'int8' is invalid: one of"),
         ({"warp": 9}, "unknown setting 'warp'"),
         ({"max_steps": True}, "'max_steps' must be int"),
+        # the local rule
+        ({"update_rule": "localsgd"}, "'update_rule' = 'localsgd' is invalid: one of"),
+        ({"local_steps": 0}, "'local_steps' = 0 is invalid: must be 1 to 10000"),
+        ({"outer_lr": 0}, "'outer_lr' = 0.0 is invalid: must be in (0, 10]"),
+        ({"outer_momentum": 1}, "'outer_momentum' = 1.0 is invalid: must be in [0, 1)"),
+        ({"outer_nesterov": "yes"}, "'outer_nesterov' must be bool, got str"),
+        ({"delta_dtype": "int4"}, "'delta_dtype' = 'int4' is invalid: one of"),
+        ({"outer_delay": 2}, "'outer_delay' = 2 is invalid: must be 0 or 1"),
+        (
+            {"update_rule": "local", "transport": "bfloat16"},
+            "'transport' = 'bfloat16' is invalid: the local rule sends weight changes in "
+            "delta_dtype",
+        ),
+        (
+            {"update_rule": "local", "outer_delay": 1, "keep_versions": 1},
+            "'keep_versions' = 1 is invalid: must be >= 2 with outer_delay 1",
+        ),
     ],
 )
 def test_bad_values_get_one_clear_line(values, message):
@@ -52,3 +69,23 @@ def test_bad_files(tmp_path):
     bad.write_text("[run\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_run_config(bad)
+
+
+def test_local_rule_settings_from_a_file(tmp_path):
+    f = tmp_path / "run.toml"
+    f.write_text(
+        '[run]\nupdate_rule = "local"\nlocal_steps = 8\nunit_size = 10\nouter_lr = 1\n'
+        'outer_momentum = 0\nouter_nesterov = false\ndelta_dtype = "int8"\nouter_delay = 1\n'
+    )
+    cfg = load_run_config(f)
+    assert (cfg.local_steps, cfg.outer_lr, cfg.outer_nesterov, cfg.delta_dtype) == (
+        8,
+        1.0,
+        False,
+        "int8",
+    )
+    assert cfg.unit_images == 80  # a unit is local_steps batches
+    assert [cfg.base_version(v) for v in (0, 1, 5)] == [0, 0, 4]  # delayed one round
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    synchronous = cfg.replace(update_rule="simultaneous")
+    assert synchronous.unit_images == 10 and synchronous.base_version(5) == 5

@@ -28,8 +28,12 @@ Protocol (see docs/protocol.md). Rows each party writes, and in which transactio
        weights (by COPY), contributions (UNIQUE per unit: applied at most once), step
        metrics, epoch counts; cancel units of v that did not make it (their images go back
        to the epoch; their late results are rejected as stale); prune old weights;
-    3. issue the units of the new version from the epoch permutation. After the commit,
-       NOTIFY `ganpool_version` (a hint: a full notification queue cannot fail a step).
+    3. issue the units of the new version from the epoch permutation (under the local rule
+       with outer_delay 1, also the next round's, computed on the new version while this
+       one's results come in). After the commit, NOTIFY `ganpool_version` (a hint: a full
+       notification queue cannot fail a step).
+  Under the local rule (docs/protocol.md) a unit is local_steps batches, a result is a
+  weight change, and the step is the outer SGD step on their weighted mean.
   A crash anywhere before commit leaves the database at version v with nothing applied;
   in-memory state is then reloaded from the database, so nothing is applied twice.
 * After the commit, off the workers' critical path: a sample grid every K steps, and at most
@@ -166,6 +170,7 @@ class Coordinator:
                 self._publish(0, images=0, epochs=0.0)
                 self._save_checkpoint(0)
                 self._issue_units(0)
+                self._issue_ahead(0)
                 self._announcements.append(("notify_version", {"version": 0}))
                 self.version = 0
                 log.info("run %s: published version 0", self.run.name)
@@ -403,6 +408,7 @@ class Coordinator:
         # Top up the current version's units: after a step, or after rejections gave
         # images back.
         self._issue_units(run["current_version"])
+        self._issue_ahead(run["current_version"])
         return False
 
     def _limit_reached(self, run: dict) -> bool:
@@ -692,6 +698,17 @@ class Coordinator:
             step = version // self.cfg.versions_per_step
             (folder / f"step_{step:06d}.png").write_bytes(png)
 
+    def _issue_ahead(self, version: int) -> None:
+        """The local rule's delayed outer step: the next round's units (computed on
+        `version`) are out while this round's results still come in, so no worker waits
+        for a step. Not past max_steps: that round could never be applied."""
+        c = self.cfg
+        if c.update_rule != "local" or not c.outer_delay:
+            return
+        if c.max_steps and version + 1 >= c.max_steps:
+            return
+        self._issue_units(version + 1)
+
     def _issue_units(self, version: int) -> None:
         """Bring the version's live units up to units_per_step (a G phase: its D units)."""
         phase = self.cfg.phase_of(version)
@@ -716,7 +733,7 @@ class Coordinator:
             epochs,
             0 if last is None else last + 1,
             count,
-            self.cfg.unit_size,
+            self.cfg.unit_images,
             self.cfg.seed,
             self.run.dataset_size,
             run["units_issued"],

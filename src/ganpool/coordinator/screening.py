@@ -22,6 +22,7 @@ from ganpool.serialization.tensors import unpack
 from ganpool.settings import RunConfig
 from ganpool.store import Store
 from ganpool.training.gradients import payload_limit, result_manifest
+from ganpool.training.local_steps import payload_manifest, received_tensors
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,7 @@ BN_FORWARDS = {"G": 1, "D": 2}
 class Screening:
     def __init__(self, run_id: int, cfg: RunConfig, g: Generator, d: Discriminator):
         self.run_id, self.cfg = run_id, cfg
-        self.manifests = {
-            phase: result_manifest(g, d, phase, cfg.transport_dtype) for phase in PHASES
-        }
+        self.manifests = {phase: payload_manifest(cfg, g, d, phase) for phase in PHASES}
         self.max_payload = cfg.max_payload_bytes or payload_limit(result_manifest(g, d))
         # Statistics differ by phase and network: each (phase, statistic) is judged against
         # its own history.
@@ -68,17 +67,22 @@ class Screening:
                 )
 
     def check(self, blob: bytes | None, phase: str) -> dict[str, torch.Tensor]:
-        """A payload's tensors, or PayloadError: safetensors, the manifest, size, finite."""
+        """A payload's tensors, or PayloadError: safetensors, the manifest, size, finite.
+        Under the local rule, the weight changes decoded to float32 (int8 scales checked)."""
         if blob is None:
             raise PayloadError("no payload was uploaded with this result")
         tensors = unpack(blob, self.manifests[phase], max_bytes=self.max_payload)
         _check_finite(tensors)
-        return tensors
+        return received_tensors(self.cfg, tensors)
 
     def read(self, store: Store, r: dict, prior: dict[str, torch.Tensor]) -> Arrived:
         """A result's checked tensors and cohort statistics, or why its payload is refused.
         `prior` holds the BatchNorm statistics of the version the result was computed on."""
         blob = store.copy_out_blob("copy_result_payload", result_id=r["id"])
+        # Under the local rule the statistics went through many steps of changing weights:
+        # only the sign of the variances can be judged, not the batches behind them.
+        if self.cfg.update_rule == "local":
+            prior = {}
         try:
             tensors = self.check(blob, r["phase"])
             stats = batchnorm_stats(tensors, prior)

@@ -113,7 +113,10 @@ def _stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
             p.wait()
 
 
-def run_demo(workers: int, steps: int, out: Path, db: str | None = None) -> dict:
+def run_demo(
+    workers: int, steps: int, out: Path, db: str | None = None, settings: dict | None = None
+) -> dict:
+    """`settings`: run settings over the small preset (`ganpool demo --set KEY=VALUE`)."""
     if workers < 1 or steps < 1:
         raise GanpoolError("demo needs --workers >= 1 and --steps >= 1")
     out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +134,7 @@ def run_demo(workers: int, steps: int, out: Path, db: str | None = None) -> dict
         conn = connect(db)
         migrate(conn)
         store = Store(conn)
-        cfg = load_run_config(preset="small", overrides={"max_steps": steps})
+        cfg = load_run_config(preset="small", overrides={**(settings or {}), "max_steps": steps})
         dataset = builtin_faces(cfg.image_size, cfg.channels)
         run = create_run(store, f"demo-{time.strftime('%Y%m%d-%H%M%S')}", cfg, dataset)
         store.close()  # from here on, the watch's connection: it reconnects

@@ -73,6 +73,7 @@ _DTYPE_CODES = {
     torch.int64: "I64",
     torch.int32: "I32",
     torch.uint8: "U8",
+    torch.int8: "I8",
 }
 
 

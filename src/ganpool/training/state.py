@@ -1,7 +1,8 @@
-"""The trainable state of a run: both networks and their Adam optimisers.
+"""The trainable state of a run: both networks and their optimisers (Adam, or under the
+local rule the outer SGD).
 
 `TrainingState` is what the coordinator holds in memory and publishes after each step, and
-what `train-local` drives directly. Weights and optimiser moments serialise to safetensors.
+what `train-local` drives directly. Weights and optimiser state serialise to safetensors.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 from ganpool.models.dcgan import Discriminator, Generator, build_models
 from ganpool.settings import RunConfig
 from ganpool.training.gradients import float_buffers
+from ganpool.training.local_steps import OuterSGD
 
 
 class WeightedMean:
@@ -69,6 +71,13 @@ class TrainingState:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.g, self.d = build_models(cfg.model, cfg.seed)
+        self.outer: OuterSGD | None = None
+        if cfg.update_rule == "local":
+            # The workers' Adams are theirs (fresh per unit); here only the outer step.
+            params = {f"G.{n}": p for n, p in self.g.named_parameters()}
+            params |= {f"D.{n}": p for n, p in self.d.named_parameters()}
+            self.outer = OuterSGD(params, cfg.outer_lr, cfg.outer_momentum, cfg.outer_nesterov)
+            return
         betas = (cfg.beta1, cfg.beta2)
         # fused: one kernel over all parameters, ~4x quicker than the loop on a CPU. It sits
         # between a step's last result and the next version's publication.
@@ -90,7 +99,12 @@ class TrainingState:
 
     def apply(self, mean: dict[str, torch.Tensor]) -> None:
         """One Adam step for each network whose averaged gradients are in `mean` (both under
-        the simultaneous rule, D or G alone in an alternating phase); adopt averaged BN stats."""
+        the simultaneous rule, D or G alone in an alternating phase), or under the local rule
+        one outer step on the averaged weight changes; adopt averaged BN stats."""
+        if self.outer is not None:
+            self.outer.step({k: mean[f"grad.{k}"] for k in self.outer.params})
+            self._adopt_buffers(mean)
+            return
         for opt in (self.opt_g, self.opt_d):
             named = [(k, p) for k, p, o in self._named() if o is opt]
             if f"grad.{named[0][0]}" not in mean:
@@ -99,6 +113,9 @@ class TrainingState:
                 p.grad = mean[f"grad.{key}"].to(p.dtype)
             opt.step()
             opt.zero_grad(set_to_none=True)
+        self._adopt_buffers(mean)
+
+    def _adopt_buffers(self, mean: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for prefix, net in (("G", self.g), ("D", self.d)):
                 for name, buf in float_buffers(net).items():
@@ -112,6 +129,8 @@ class TrainingState:
         load_weights(self.g, self.d, tensors)
 
     def optimizer_tensors(self) -> dict[str, torch.Tensor]:
+        if self.outer is not None:
+            return self.outer.state_tensors()
         out = {}
         for key, p, opt in self._named():
             for field, value in opt.state.get(p, {}).items():
@@ -119,5 +138,8 @@ class TrainingState:
         return out
 
     def load_optimizer(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.outer is not None:
+            self.outer.load_state(tensors)
+            return
         for key, p, opt in self._named():
             opt.state[p] = {f: tensors[f"{key}.{f}"].clone() for f in opt.state[p]}

@@ -15,7 +15,10 @@ of functions, each one transaction (migration 0002): `ganpool_register`,
      checked safetensors) and loads its images. Nothing to claim: it sleeps until a
      NOTIFY, or `poll_s` at most, and claims the moment a version is published.
    - the compute thread (the caller's) resets both networks to the unit's version and
-     computes its gradients (ganpool.training.gradients), unit after unit.
+     computes its gradients (ganpool.training.gradients), unit after unit; under the local
+     rule it trains them for the unit's batches and sends the weight change
+     (ganpool.training.local_steps). `compute_unit` replaces that computation (a benchmark's
+     stand-in for a GPU: ganpool.training.stand_in).
    - the uploader (its own connection) packs each result into a reused safetensors buffer,
      in the run's transport dtype, and submits it as a binary parameter while the next unit
      computes. The database records the result and completes the unit in one transaction,
@@ -52,11 +55,13 @@ from ganpool.models.dcgan import build_models
 from ganpool.notices import Notice
 from ganpool.runs import Run, coordinator_alive
 from ganpool.serialization.tensors import Packer, manifest_of, unpack
+from ganpool.settings import RunConfig
 from ganpool.store import Store, connect
 from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff, Outage, Pace
 from ganpool.store.submission import submission, upload_result
 from ganpool.throughput import RecentImages
-from ganpool.training.gradients import result_manifest, unit_gradients
+from ganpool.training.gradients import UnitResult, unit_gradients
+from ganpool.training.local_steps import local_unit, payload_manifest, payload_tensors
 from ganpool.training.state import load_weights, reset_buffers, weights_of
 
 log = logging.getLogger(__name__)
@@ -152,6 +157,13 @@ class Prepared:
 
 _END = object()  # no more units: the run ended, or the worker is stopping
 
+# What computes one unit, given the worker's networks (already on the unit's base version),
+# the unit's images (None in a G phase), the claimed unit and the run's settings. The
+# default trains; a benchmark passes a stand-in (ganpool.training.stand_in).
+ComputeUnit = Callable[
+    [torch.nn.Module, torch.nn.Module, torch.Tensor | None, dict, RunConfig], UnitResult
+]
+
 
 class Worker:
     compute = staticmethod(unit_gradients)  # the unit's computation (tests swap in a cheat)
@@ -168,12 +180,14 @@ class Worker:
         poll_s: float = 1.0,
         on_unit: Callable[[WorkerProgress], None] | None = None,
         max_units: int = 0,
+        compute_unit: ComputeUnit | None = None,
     ):
         self.dsn, self.run, self.cfg, self.name = dsn, run, run.config, name
         self.device = resolve_device(device)
         self.poll_s = poll_s
         self.on_unit = on_unit
         self.max_units = max_units  # stop after this many units; 0 = until the run ends
+        self.compute_unit = compute_unit  # None: the run's rule (see _compute)
         if self.cfg.data_source == "database":  # nothing to download: fetch per unit
             self.dataset = DatabaseImages(
                 dsn, run.fingerprint, run.dataset_size, self.cfg.image_size, self.cfg.channels
@@ -301,9 +315,10 @@ class Worker:
             if item is _END:
                 return
             unit = item.unit
-            if unit["version"] != loaded:
+            base = self.cfg.base_version(unit["version"])
+            if base != loaded or self.cfg.update_rule == "local":  # local steps move weights
                 load_weights(self.g, self.d, item.weights)
-                loaded = unit["version"]
+                loaded = base
             else:  # the parameters are the version's still; the statistics moved
                 reset_buffers(self.g, self.d, item.weights)
             t0 = time.perf_counter()
@@ -312,11 +327,8 @@ class Worker:
                 # leaves the compute idle (units slow down while uploads share the CPU).
                 self._busy_until = time.monotonic() + min(self._recent_compute_s)
             self.timeline.append((time.time(), "compute_start", unit["version"], unit["unit_id"]))
-            phase = unit["phase"]
             real = None if item.real is None else item.real.to(self.device, non_blocking=True)
-            result = self.compute(
-                self.g, self.d, real, unit["noise_seed"], self.cfg.nz, phase, len(unit["indices"])
-            )
+            result = self._compute(unit, real)
             seconds = time.perf_counter() - t0
             with self._turn:
                 self._busy_until = None
@@ -337,6 +349,15 @@ class Worker:
             computed += 1
             if self.max_units and computed >= self.max_units:
                 return
+
+    def _compute(self, unit: dict, real: torch.Tensor | None) -> UnitResult:
+        """One unit's result: the seam given to the constructor, else the run's rule."""
+        if self.compute_unit is not None:
+            return self.compute_unit(self.g, self.d, real, unit, self.cfg)
+        if self.cfg.update_rule == "local":
+            return local_unit(self.g, self.d, real, unit["noise_seed"], self.cfg)
+        n = len(unit["indices"])
+        return self.compute(self.g, self.d, real, unit["noise_seed"], self.cfg.nz, unit["phase"], n)
 
     # -- the fetcher: claim ahead, download on NOTIFY -----------------------------------
 
@@ -382,15 +403,13 @@ class Worker:
                     self.waiting.clear()
                     pace.reset()  # found work: the next wake-up is not held back
                     self.timeline.append((time.time(), "claimed", unit["version"], unit["unit_id"]))
-                    if weights is None or weights[0] != unit["version"]:
+                    base = self.cfg.base_version(unit["version"])  # the weights it starts from
+                    if weights is None or weights[0] != base:
                         blob = store.copy_out_blob(
-                            "copy_weights_at", run_id=self.run.id, version=unit["version"]
+                            "copy_weights_at", run_id=self.run.id, version=base
                         )
                         if blob is None:  # pruned: the run has moved on past this unit
-                            log.info(
-                                "version %d is no longer stored; giving the unit back",
-                                unit["version"],
-                            )
+                            log.info("version %d is no longer stored; giving the unit back", base)
                             store.one(
                                 "release_unit",
                                 worker_id=self.worker_id,
@@ -402,7 +421,7 @@ class Worker:
                         tensors = unpack(blob, self.weights_manifest)
                         if self.pin:
                             tensors = {k: v.pin_memory() for k, v in tensors.items()}
-                        weights = (unit["version"], tensors)
+                        weights = (base, tensors)
                     real = None
                     if unit["phase"] != "G":  # a G-phase unit: the same noise, no images
                         real = self._load_images(store, unit)
@@ -513,9 +532,8 @@ class Worker:
             unit, fields, tensors = item
             phase = unit["phase"]
             if phase not in packers:
-                manifest = result_manifest(self.g, self.d, phase, self.cfg.transport_dtype)
-                packers[phase] = Packer(manifest)
-            payload = packers[phase].pack(tensors)
+                packers[phase] = Packer(payload_manifest(self.cfg, self.g, self.d, phase))
+            payload = packers[phase].pack(payload_tensors(self.cfg, tensors))
             while True:  # a reconnect resubmits it: the database answers a retry idempotently
                 try:
                     store = store or Store(connect(self.dsn))
