@@ -249,7 +249,7 @@ class Evaluator:
 def images_per_step(cfg) -> int:
     """Images a step (a round, under the local rule) consumes: its units are whole, as the
     training set is a multiple of every arm's unit (see split_faces)."""
-    return cfg.units_issued_per_step * getattr(cfg, "unit_images", cfg.unit_size)
+    return cfg.units_issued_per_step * cfg.unit_images
 
 
 def train_one(proto: Protocol, arm: dict, seed: int, train: InMemoryImages, evaluate) -> dict:

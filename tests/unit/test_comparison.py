@@ -88,3 +88,43 @@ def test_memorisation_flags_copies_and_not_new_samples():
         "ratio": 2.0 / 3.0,
         "share_closer": 0.5,
     }
+
+
+def _records(kids: list[float]) -> list[dict]:
+    """Per-seed records as the protocol writes them, one checkpoint each."""
+    mem = {"generated_median": 1.0, "held_out_median": 1.0, "ratio": 1.0, "share_closer": 0.0}
+    point = {"memorisation_pixels": mem, "memorisation_inception": mem}
+    return [
+        {"seed": s, "train_seconds": 1.0, "checkpoints": [point | {"kid": k}]}
+        for s, k in enumerate(kids)
+    ]
+
+
+def test_the_verdict_takes_the_best_local_arm_and_its_paired_interval():
+    from benchmarks.quality_protocol import Protocol, summarise, verdict
+
+    proto = Protocol(50, 1, 10, 30, 5, 1, 1)
+    runs = {
+        "alternating": _records([0.30, 0.32, 0.35]),
+        "simultaneous": _records([0.50, 0.52, 0.55]),
+        # differences +0.01, -0.02, +0.01: the interval above, around 0.
+        "local-h8-bf16": _records([0.31, 0.30, 0.36]),
+        # 0.1 worse on every seed: an interval of zero width at +0.1.
+        "local-h32-bf16": _records([0.40, 0.42, 0.45]),
+    }
+    summary = summarise(runs, proto)
+    h8 = summary["local-h8-bf16"]["checkpoints"][0]
+    assert (h8["diff_vs_reference"]["lo"], h8["diff_vs_reference"]["hi"]) == pytest.approx(
+        (-0.04302653, 0.04302653), abs=1e-8
+    )
+    assert h8["within_reference"] is True
+    assert summary["local-h32-bf16"]["checkpoints"][0]["within_reference"] is False
+    assert summary["simultaneous"]["checkpoints"][0]["within_reference"] is False
+    within, best, how = verdict(summary)
+    assert (within, best) == (True, "local-h8-bf16") and "+0.0000" in how
+    del runs["local-h8-bf16"]
+    assert verdict(summarise(runs, proto))[:2] == (False, "local-h32-bf16")
+    assert verdict(summarise({"alternating": runs["alternating"]}, proto))[:2] == (False, None)
+    # A seed the reference lacks does not count; an arm left with one seed is left out.
+    runs["local-h32-bf16"] = _records([0.40])
+    assert "local-h32-bf16" not in summarise(runs, proto)
