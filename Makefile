@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch from this machine's disk (the CPU wheel), never a CUDA build from an index.
 PIP    := $(BIN)/pip install --quiet -c constraints.txt
 
-.PHONY: demo test wheel bench bench-wan lint format clean schema
+.PHONY: demo test wheel bench bench-wan bench-quality lint format clean schema
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ bench: $(STAMP)
 # `make bench-wan WAN_ARGS="--rtt-ms 60 --up-mbit 10"` (docs/performance.md, "Over the WAN").
 bench-wan: $(STAMP)
 	$(BIN)/python benchmarks/wan.py $(WAN_ARGS)
+
+# Quality protocol (docs/quality.md; not part of `make test`): KID of each training mode over
+# paired seeds -> bench/results/quality.json. About an hour of one CPU core; reruns reuse
+# the per-seed results that still match (--resume).
+bench-quality: $(STAMP)
+	nice -n 15 $(BIN)/python benchmarks/quality_protocol.py --resume
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks

@@ -5,6 +5,9 @@ rounds every unit's gradients to the run's transport dtype exactly as a distribu
 does (tests/integration/test_training.py checks a bf16 distributed run against it).
 
     .venv/bin/python benchmarks/transport_quality.py --steps 300 --seeds 0 1 2
+
+Superseded by benchmarks/quality_protocol.py (paired seeds, confidence intervals, equal
+images): docs/quality.md reports its figures, not this script's.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ distributed run (coordinator + workers in threads, an embedded PostgreSQL) with 
 with 1 and with 3 workers. Small model on the built-in faces.
 
     .venv/bin/python benchmarks/update_rules.py --steps 300 --seeds 0 1 2
+
+Superseded by benchmarks/quality_protocol.py (paired seeds, confidence intervals, equal
+images): docs/quality.md reports its figures, not this script's.
 """
 
 from __future__ import annotations
