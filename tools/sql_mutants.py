@@ -69,6 +69,7 @@ class Mutant:
 
 M1, M2 = "migrations/0001_initial.sql", "migrations/0002_worker_api.sql"
 M6, M8 = "migrations/0006_class_schema.sql", "migrations/0008_backup_units.sql"
+M9 = "migrations/0009_one_caller_check_and_names.sql"
 Q = "queries.sql"
 ONE = "tests/security/test_one_student.py"
 STALLS = "tests/security/test_student_stalls.py"
@@ -148,7 +149,7 @@ MUTANTS = [
     ),
     Mutant(
         "claim-lease-long",
-        M8,
+        M9,
         "claimed_at = now(), lease_expires_at = now() + ganpool_lease_interval(w.run_id)",
         "claimed_at = now(), lease_expires_at = now() + interval '1 hour'",
         "a claim takes an hour's lease whatever the run says",
@@ -156,7 +157,7 @@ MUTANTS = [
     ),
     Mutant(
         "heartbeat-no-extension",
-        M8,
+        M9,
         HEARTBEAT_SET,
         "    SET lease_expires_at = lease_expires_at\n",
         "heartbeats do not keep a lease: a slow, live worker loses its unit",
@@ -164,7 +165,7 @@ MUTANTS = [
     ),
     Mutant(
         "heartbeat-no-hold-limit",
-        M8,
+        M9,
         HEARTBEAT_SET,
         "    SET lease_expires_at = now() + ganpool_lease_interval(w.run_id)\n",
         "heartbeats keep a claimed, never computed unit for ever",
@@ -172,7 +173,7 @@ MUTANTS = [
     ),
     Mutant(
         "heartbeat-any-attempt",
-        M8,
+        M9,
         "    WHERE id = p_unit_id AND worker_id = p_worker_id AND attempt = p_attempt\n"
         "      AND state = 'claimed' AND lease_expires_at > now();",
         "    WHERE id = p_unit_id AND worker_id = p_worker_id\n"
@@ -182,7 +183,7 @@ MUTANTS = [
     ),
     Mutant(
         "heartbeat-revives-expired",
-        M8,
+        M9,
         "      AND state = 'claimed' AND lease_expires_at > now();",
         "      AND state = 'claimed';",
         "a heartbeat after the lease ran out (before the coordinator noticed) revives it",
@@ -191,7 +192,7 @@ MUTANTS = [
     # -- claiming ----------------------------------------------------------------------------
     Mutant(
         "claim-cancelled-too",
-        M8,
+        M9,
         "WHERE c.run_id = w.run_id AND c.state = 'pending' AND r.status = 'running'",
         "WHERE c.run_id = w.run_id AND c.state IN ('pending', 'cancelled') "
         "AND r.status = 'running'",
@@ -200,7 +201,7 @@ MUTANTS = [
     ),
     Mutant(
         "claim-any-run-status",
-        M8,
+        M9,
         "WHERE c.run_id = w.run_id AND c.state = 'pending' AND r.status = 'running'",
         "WHERE c.run_id = w.run_id AND c.state = 'pending'",
         "units of a paused or finished run are still handed out",
@@ -208,7 +209,7 @@ MUTANTS = [
     ),
     Mutant(
         "claim-newest-first",
-        M8,
+        M9,
         "        ORDER BY c.seq  -- the pending index's order",
         "        ORDER BY c.seq DESC  -- the pending index's order",
         "reissued images wait behind fresh ones",
@@ -216,7 +217,7 @@ MUTANTS = [
     ),
     Mutant(
         "claim-touched-ignored",
-        M8,
+        M9,
         "          AND NOT ganpool_touched(c, v_key)\n",
         "",
         "a student may be handed a copy, or the spot-check twin, of a unit they worked on",
@@ -250,7 +251,7 @@ MUTANTS = [
     ),
     Mutant(
         "claim-cap-plus-one",
-        M8,
+        M9,
         "              AND o.role_name = w.role_name) >= v_cap THEN",
         "              AND o.role_name = w.role_name) > v_cap THEN",
         "a student holds one unit more than max_units_per_student",
@@ -258,7 +259,7 @@ MUTANTS = [
     ),
     Mutant(
         "claim-backup-same-step",
-        M8,
+        M9,
         "AND (c.backup_of IS NULL OR r.config ->> 'aggregation' = 'mean'",
         "AND (true",
         "under a robust rule, a backup copy gives one student two results of one step",
@@ -266,7 +267,7 @@ MUTANTS = [
     ),
     Mutant(
         "claim-wait-not-skip",
-        M8,
+        M9,
         "FOR UPDATE OF c SKIP LOCKED",
         "FOR UPDATE OF c",
         "concurrent claims queue on one row (and may come back empty) instead of skipping it",
@@ -349,14 +350,6 @@ MUTANTS = [
         (f"{ROLES}::test_a_student_cannot_act_for_another_students_worker",),
     ),
     Mutant(
-        "owned-not-owner",
-        M8,
-        "    IF w.role_name <> session_user AND NOT ganpool_is_instructor() THEN",
-        "    IF false THEN",
-        "claim, heartbeat, release, report_failure: the unlocked ownership check skipped",
-        (f"{ROLES}::test_a_student_cannot_act_for_another_students_worker",),
-    ),
-    Mutant(
         "caller-disabled",
         M6,
         "    IF w.disabled AND NOT p_leaving THEN",
@@ -399,7 +392,7 @@ MUTANTS = [
     # -- giving back, failures, quarantine ----------------------------------------------------
     Mutant(
         "release-any-worker",
-        M8,
+        M9,
         "    WHERE id = p_unit_id AND worker_id = p_worker_id AND attempt = p_attempt\n"
         "      AND state = 'claimed';\n    RETURN FOUND;",
         "    WHERE id = p_unit_id AND attempt = p_attempt\n      AND state = 'claimed';\n"
@@ -409,7 +402,7 @@ MUTANTS = [
     ),
     Mutant(
         "report-failure-any-worker",
-        M8,
+        M9,
         "    WHERE id = p_unit_id AND worker_id = p_worker_id AND attempt = p_attempt\n"
         "      AND state = 'claimed'\n    RETURNING * INTO u;",
         "    WHERE id = p_unit_id AND attempt = p_attempt\n      AND state = 'claimed'\n"
@@ -419,7 +412,7 @@ MUTANTS = [
     ),
     Mutant(
         "report-failure-any-image",
-        M8,
+        M9,
         "CASE WHEN p_image_index = ANY (u.indices) THEN p_image_index END",
         "p_image_index",
         "a worker names an image outside its unit bad: never handed out again once quarantined",
@@ -427,7 +420,7 @@ MUTANTS = [
     ),
     Mutant(
         "report-failure-per-copy",
-        M8,
+        M9,
         "VALUES (u.run_id, coalesce(u.backup_of, u.id), p_worker_id, ganpool_worker_key(w),",
         "VALUES (u.run_id, u.id, p_worker_id, ganpool_worker_key(w),",
         "reports on a unit's copies never add up to a quarantine of the unit",
@@ -435,7 +428,7 @@ MUTANTS = [
     ),
     Mutant(
         "report-failure-per-worker",
-        M8,
+        M9,
         "VALUES (u.run_id, coalesce(u.backup_of, u.id), p_worker_id, ganpool_worker_key(w),",
         "VALUES (u.run_id, coalesce(u.backup_of, u.id), p_worker_id, 'worker:' || w.id,",
         "one student with several workers counts as several reporters: quarantines a unit alone",

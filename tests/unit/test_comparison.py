@@ -110,7 +110,7 @@ def test_the_verdict_takes_the_best_local_arm_and_its_paired_interval():
         # differences +0.01, -0.02, +0.01: the interval above, around 0.
         "local-h8-bf16": _records([0.31, 0.30, 0.36]),
         # 0.1 worse on every seed: an interval of zero width at +0.1.
-        "local-h32-bf16": _records([0.40, 0.42, 0.45]),
+        "local-h32-int8": _records([0.40, 0.42, 0.45]),
     }
     summary = summarise(runs, proto)
     h8 = summary["local-h8-bf16"]["checkpoints"][0]
@@ -118,13 +118,13 @@ def test_the_verdict_takes_the_best_local_arm_and_its_paired_interval():
         (-0.04302653, 0.04302653), abs=1e-8
     )
     assert h8["within_reference"] is True
-    assert summary["local-h32-bf16"]["checkpoints"][0]["within_reference"] is False
+    assert summary["local-h32-int8"]["checkpoints"][0]["within_reference"] is False
     assert summary["simultaneous"]["checkpoints"][0]["within_reference"] is False
     within, best, how = verdict(summary)
     assert (within, best) == (True, "local-h8-bf16") and "+0.0000" in how
     del runs["local-h8-bf16"]
-    assert verdict(summarise(runs, proto))[:2] == (False, "local-h32-bf16")
+    assert verdict(summarise(runs, proto))[:2] == (False, "local-h32-int8")
     assert verdict(summarise({"alternating": runs["alternating"]}, proto))[:2] == (False, None)
     # A seed the reference lacks does not count; an arm left with one seed is left out.
-    runs["local-h32-bf16"] = _records([0.40])
-    assert "local-h32-bf16" not in summarise(runs, proto)
+    runs["local-h32-int8"] = _records([0.40])
+    assert "local-h32-int8" not in summarise(runs, proto)
