@@ -70,6 +70,9 @@ LOCAL_ARMS: dict[str, dict] = {
     }
     for h, dtype in ((8, "bf16"), (32, "int8"))
 }
+# The outer step not delayed: each round starts from the weights its previous round made.
+LOCAL_ARMS["local-h8-bf16-nodelay"] = {**LOCAL_ARMS["local-h8-bf16"], "outer_delay": 0}
+LOCAL_ARMS["local-h32-int8-nodelay"] = {**LOCAL_ARMS["local-h32-int8"], "outer_delay": 0}
 # Run only when named (--arms): gradients sent in 16 bits under the default rule.
 EXTRA_ARMS: dict[str, dict] = {
     "alternating-bf16": {"update_rule": "alternating", "transport": "bfloat16"},

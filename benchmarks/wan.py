@@ -66,6 +66,14 @@ MODES: dict[str, dict] = {
     "local-h32-int8": {**LOCAL, "local_steps": 32, "delta_dtype": "int8"},
     "local-h128-bf16": {**LOCAL, "local_steps": 128, "delta_dtype": "bfloat16"},
     "local-h128-int8": {**LOCAL, "local_steps": 128, "delta_dtype": "int8"},
+    # The outer step not delayed (better per image, docs/quality.md): workers wait for it.
+    "local-h32-int8-nodelay": {**LOCAL, "local_steps": 32, "delta_dtype": "int8", "outer_delay": 0},
+    "local-h128-int8-nodelay": {
+        **LOCAL,
+        "local_steps": 128,
+        "delta_dtype": "int8",
+        "outer_delay": 0,
+    },
 }
 BASELINE = "sync-alternating"
 SPLIT = ("compute", "upload", "download", "waiting")  # where a worker's time goes
