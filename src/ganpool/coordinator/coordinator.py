@@ -75,6 +75,7 @@ from ganpool.protocol.vocabulary import (
 from ganpool.runs import Run
 from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.store import Store, connect
+from ganpool.store.notifications import Listener
 from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff, Pace
 from ganpool.training.gradients import float_buffers
 from ganpool.training.state import TrainingState, WeightedMean
@@ -244,15 +245,14 @@ class Coordinator:
             while True:
                 listener = None
                 try:
-                    if self.store.conn.closed:
+                    if self.store.closed:
                         # After a restart of the database, or a network cut: ownership is
                         # taken again (retried, with backoff, while a session of ours from
                         # before the cut lingers on the server).
                         self.store = Store(connect(self.dsn))
                         self._acquire_ownership()
                         self._reload()
-                    listener = connect(self.dsn)
-                    Store(listener).execute("listen_results")
+                    listener = Listener(self.dsn, "listen_results")
                     backoff.reset()
                     pace = Pace(TICKS_PER_S)
                     while not should_stop():
@@ -261,13 +261,12 @@ class Coordinator:
                         self.timeline.append((time.time(), "collected", self.version))
                         if self.tick():
                             return
-                        if any(listener.notifies(timeout=self.poll_s, stop_after=1)):
+                        if listener.wait(self.poll_s):
                             # Notifications are hints, and anyone may send them: however
                             # many arrive, TICKS_PER_S passes a second at most, and a
                             # backlog is one wake-up.
                             pace.wait()
-                            for _ in listener.notifies(timeout=0):
-                                pass
+                            listener.drain()
                     return
                 except (*CONNECTION_ERRORS, OwnershipRefused) as e:
                     self.store.close()
@@ -337,7 +336,7 @@ class Coordinator:
             # The transaction rolled back: drop any in-memory step that did not commit.
             # (With the connection gone, serve() reloads after reconnecting.)
             self._announcements.clear()
-            if not self.store.conn.broken and not self.store.conn.closed:
+            if not self.store.broken and not self.store.closed:
                 self._reload()
             raise
         self._announce()

@@ -78,6 +78,14 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed
+
+    @property
+    def broken(self) -> bool:
+        return self.conn.broken
+
     def tx(self):
         return self.conn.transaction()
 

@@ -58,6 +58,7 @@ from ganpool.runs import Run, coordinator_alive
 from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.settings import RunConfig
 from ganpool.store import Store, connect
+from ganpool.store.notifications import Listener
 from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff, Outage, Pace
 from ganpool.store.submission import submission, upload_result
 from ganpool.throughput import RecentImages
@@ -370,8 +371,7 @@ class Worker:
             store = listener = None
             try:
                 store = Store(connect(self.dsn))
-                listener = connect(self.dsn)
-                Store(listener).execute("listen_versions")
+                listener = Listener(self.dsn, "listen_versions")
                 backoff.reset()
                 while not self._stopping.is_set():
                     self._wait_for_turn()
@@ -390,14 +390,13 @@ class Worker:
                             return
                         self._say_why_waiting(store, state["status"])
                         # Nothing to do: sleep until the coordinator publishes, poll_s at most.
-                        notified = any(listener.notifies(timeout=self.poll_s, stop_after=1))
+                        notified = listener.wait(self.poll_s)
                         if notified:
                             # A notification is only a hint: a flood of them (anyone may send
                             # one) must not turn into a flood of claims. What queued
                             # meanwhile is one wake-up.
                             pace.wait()
-                            for _ in listener.notifies(timeout=0):
-                                pass
+                            listener.drain()
                         continue
                     self._hold(unit, True)
                     self._idle_since = None
@@ -437,9 +436,9 @@ class Worker:
             except CONNECTION_ERRORS as e:
                 backoff.wait(e)  # then reconnect, re-LISTEN and catch up
             finally:
-                for conn in (store.conn if store else None, listener):
-                    if conn is not None:
-                        conn.close()
+                for held in (store, listener):
+                    if held is not None:
+                        held.close()
 
     # A worker waits between versions all the time (that is a step being formed): only a
     # wait longer than this, with no coordinator holding the run, is worth a line.
