@@ -35,6 +35,7 @@ import torch
 
 from ganpool.coordinator import Coordinator
 from ganpool.data.datasets import builtin_faces
+from ganpool.events import Timeline
 from ganpool.local_demo.embedded import EmbeddedPostgres
 from ganpool.runs import Run, create_run, find_run
 from ganpool.serialization.tensors import Packer
@@ -161,7 +162,8 @@ def worker_process(dsn: str, run_name: str, name: str, out: str, alone: str = ""
     store = Store(connect(dsn))
     run = find_run(store, run_name)
     store.close()
-    worker = Worker(dsn, run, name, device="cpu", poll_s=2.0)
+    timeline = Timeline()
+    worker = Worker(dsn, run, name, device="cpu", poll_s=2.0, on_event=timeline)
     alone_s = []
     if alone:
         batch = worker.dataset.batch(list(range(run.config.unit_size)))
@@ -174,7 +176,7 @@ def worker_process(dsn: str, run_name: str, name: str, out: str, alone: str = ""
     Path(out).write_text(
         json.dumps(
             {
-                "timeline": list(worker.timeline),
+                "timeline": list(timeline),
                 "units": progress.units,
                 "rejected": progress.rejected,
                 "compute_s": progress.compute_s,
@@ -185,9 +187,11 @@ def worker_process(dsn: str, run_name: str, name: str, out: str, alone: str = ""
 
 
 def _train(dsn: str, run: Run, workers: int, tmp: Path, timeout: float, alone: bool = False):
-    """Coordinator here (1 thread), workers as processes; returns (coordinator, timelines)."""
+    """Coordinator here (1 thread), workers as processes; returns the coordinator's timeline
+    and what each worker wrote (its timeline among it)."""
     torch.set_num_threads(1)
-    coordinator = Coordinator(dsn, run, poll_s=2.0, checkpoint_s=30.0)
+    timeline = Timeline()
+    coordinator = Coordinator(dsn, run, poll_s=2.0, checkpoint_s=30.0, on_event=timeline)
     outs = [tmp / f"{run.name}-w{i}.json" for i in range(workers)]
     flag = "alone" if alone else ""
     procs = [_spawn("_worker", dsn, run.name, f"w{i}", str(o), flag) for i, o in enumerate(outs)]
@@ -199,14 +203,14 @@ def _train(dsn: str, run: Run, workers: int, tmp: Path, timeout: float, alone: b
     finally:
         workers_gone.set()  # the run has finished, or a worker failed: stop either way
         thread.join(30)
-    return coordinator, [json.loads(o.read_text()) for o in outs if o.exists()]
+    return timeline, [json.loads(o.read_text()) for o in outs if o.exists()]
 
 
 def bench_wakeup(dsn: str, tmp: Path, versions: int = 300) -> dict:
     cfg = _config("small", results_per_step=1, max_steps=versions)
     run = _new_run(dsn, "wakeup", cfg)
-    coordinator, (w,) = _train(dsn, run, 1, tmp, timeout=600)
-    published = {v: t for t, e, v in coordinator.timeline if e == "published"}
+    timeline, (w,) = _train(dsn, run, 1, tmp, timeout=600)
+    published = {v: t for t, e, v in timeline if e == "published"}
     first: dict[str, dict[int, float]] = {"claimed": {}, "compute_start": {}}
     for t, event, version, _ in w["timeline"]:
         if event in first and version not in first[event]:
@@ -242,13 +246,13 @@ def _compute_fraction(timeline: list, from_version: int) -> tuple[float, float]:
 def bench_worker(dsn: str, tmp: Path, steps: int = 4) -> dict:
     cfg = _config("dcgan64", results_per_step=UNITS_PER_STEP, max_steps=steps, transport="float32")
     run = _new_run(dsn, "worker", cfg)
-    coordinator, (w,) = _train(dsn, run, 1, tmp, timeout=900, alone=True)
+    timeline, (w,) = _train(dsn, run, 1, tmp, timeout=900, alone=True)
     alone = w["alone_s"]  # the same unit in the same process, no database involved
     fraction, per_unit = _compute_fraction(w["timeline"], from_version=1)
     spans = [t for t, e, v, _ in w["timeline"] if v >= 1 and e in ("compute_start", "compute_end")]
     units = sum(1 for _, e, v, _ in w["timeline"] if v >= 1 and e == "compute_end")
     images_per_s = units * UNIT / (max(spans) - min(spans))
-    events = sorted(coordinator.timeline)
+    events = sorted(timeline)
     published = {v: t for t, e, v in events if e == "published"}
     last_commit: dict[int, float] = {}
     for t, event, version, _ in w["timeline"]:
@@ -386,8 +390,8 @@ def bench_cluster(dsn: str, tmp: Path, steps: int = 4) -> dict:
     # ganpool: the coordinator here, 2 worker processes x 1 thread, the same 8 x 64 per step.
     cfg = _config("dcgan64", results_per_step=UNITS_PER_STEP, max_steps=steps)
     run = _new_run(dsn, "cluster", cfg)
-    coordinator, timelines = _train(dsn, run, 2, tmp, timeout=900)
-    published = sorted((v, t) for t, e, v in coordinator.timeline if e == "published")
+    timeline, timelines = _train(dsn, run, 2, tmp, timeout=900)
+    published = sorted((v, t) for t, e, v in timeline if e == "published")
     (v0, t0), (v1, t1) = published[1], published[-1]  # from version 1: all warmed up
     ours = UNITS_PER_STEP * UNIT * (v1 - v0) / (t1 - t0)
     return {

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ganpool.events import Timeline
 from ganpool.runs import find_run
 from ganpool.store import Store, connect
 from ganpool.training.stand_in import stand_in
@@ -73,16 +74,26 @@ def host(rate: str, run_name: str, dbname: str, data: str, out_dir: str, *specs:
         run = find_run(store, run_name)
         store.close()
         gpu = TimedStandIn(float(rate))
-        worker = Worker(dsn, run, name, Path(data), device="cpu", poll_s=2.0, compute_unit=gpu)
+        timeline = Timeline()
+        worker = Worker(
+            dsn,
+            run,
+            name,
+            Path(data),
+            device="cpu",
+            poll_s=2.0,
+            compute_unit=gpu,
+            on_event=timeline,
+        )
         worker.dataset = Undecoded(worker.dataset)
-        workers[name] = (worker, gpu)
+        workers[name] = (timeline, gpu)
         threads.append(threading.Thread(target=worker.serve, name=name, daemon=True))
     for t in threads:
         t.start()
     for line in sys.stdin:
         if line.strip() == "dump":
-            for name, (worker, gpu) in workers.items():
-                data = {"timeline": list(worker.timeline), "compute": gpu.spans}
+            for name, (timeline, gpu) in workers.items():
+                data = {"timeline": list(timeline), "compute": gpu.spans}
                 (Path(out_dir) / f"{name}.json").write_text(json.dumps(data))
             print("dumped", flush=True)
     os._exit(0)  # stdin closed: the harness is done with us (or gone)

@@ -11,6 +11,7 @@ import torch
 
 from ganpool.coordinator import Coordinator
 from ganpool.data.datasets import builtin_faces
+from ganpool.events import Timeline
 from ganpool.serialization.tensors import Packer, manifest_of, unpack
 from ganpool.store import Store, connect
 from ganpool.training.local import train_local
@@ -132,7 +133,10 @@ def _stand_in_class(dsn, run, images_per_s: float):
     coordinator = Coordinator(dsn, run, poll_s=0.1)
     threads.start(coordinator.serve)
     workers = [
-        Worker(dsn, run, f"w{i}", poll_s=0.1, compute_unit=stand_in(images_per_s)) for i in range(2)
+        Worker(
+            dsn, run, f"w{i}", poll_s=0.1, compute_unit=stand_in(images_per_s), on_event=Timeline()
+        )
+        for i in range(2)
     ]
     for w in workers:
         threads.start(w.serve)
@@ -161,7 +165,7 @@ def test_the_delayed_outer_step_computes_the_next_round_while_one_is_applied(
         published = {r["version"]: float(r["t"]) for r in rows.fetchall()}
     started = {}  # round -> first compute start, over both workers
     for w in workers:
-        for t, event, version, _ in w.timeline:
+        for t, event, version, _ in w.on_event:
             if event == "compute_start":
                 started[version] = min(t, started.get(version, t))
     early = [r for r in range(1, 4) if started[r] < published[r]]

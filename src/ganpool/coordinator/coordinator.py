@@ -48,7 +48,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +61,7 @@ from ganpool.coordinator.sweeper import StalledSessionSweeper
 from ganpool.data.datasets import check_fingerprint, open_dataset
 from ganpool.errors import GanpoolError, OwnershipRefused, PayloadError
 from ganpool.evaluation.grid import sample_grid
+from ganpool.events import OnEvent, ignore
 from ganpool.notices import Notice
 from ganpool.protocol.schedule import EpochState, plan_units, sample_seed, spot_check_chosen
 from ganpool.protocol.vocabulary import (
@@ -113,6 +113,7 @@ class Coordinator:
         on_step: Callable[[StepReport], None] | None = None,
         data_path: Path | None = None,
         checkpoint_s: float = 10.0,
+        on_event: OnEvent = ignore,
     ):
         self.dsn, self.run, self.cfg = dsn, run, run.config
         self.out_dir = Path(out_dir) if out_dir else None
@@ -140,8 +141,7 @@ class Coordinator:
         self._prior: tuple[int, dict[str, torch.Tensor]] | None = None  # the version's buffers
         self._dirty = False  # the in-memory state moved inside a transaction not yet committed
         self._announcements: list[tuple[str, dict]] = []  # NOTIFYs to send after the commit
-        # (time.time(), event, version): woke / collected / published, for the benchmark.
-        self.timeline: deque[tuple[float, str, int]] = deque(maxlen=100_000)
+        self.on_event = on_event  # woke / collected / published (version), for benchmarks
         self._owner_pid: int | None = None  # the session that holds ownership of the run
         self.waiting = Notice(log)  # one line when a pause starts, one when it ends
         self._acquire_ownership()
@@ -182,7 +182,7 @@ class Coordinator:
                 log.info("run %s: published version 0", self.run.name)
         self._announce()
         if self.version == 0:
-            self.timeline.append((time.time(), "published", 0))
+            self.on_event("published", 0)
             self._store_sample(0)
             return
         self._reload()
@@ -256,9 +256,9 @@ class Coordinator:
                     backoff.reset()
                     pace = Pace(TICKS_PER_S)
                     while not should_stop():
-                        self.timeline.append((time.time(), "woke", self.version))
+                        self.on_event("woke", self.version)
                         self._collect()
-                        self.timeline.append((time.time(), "collected", self.version))
+                        self.on_event("collected", self.version)
                         if self.tick():
                             return
                         if listener.wait(self.poll_s):
@@ -343,7 +343,7 @@ class Coordinator:
         # Committed: the workers are already on the new version. The rest can wait a little.
         c = self.cfg
         if self.version != before:
-            self.timeline.append((time.time(), "published", self.version))
+            self.on_event("published", self.version)
             if self.version % step_to_version(c.sample_every, c.versions_per_step) == 0:
                 self._store_sample(self.version)
         # Only right after a publication (or at the end), when the workers have just started

@@ -51,6 +51,7 @@ import torch
 
 from ganpool.data.database import DatabaseImages
 from ganpool.data.datasets import check_fingerprint, open_dataset
+from ganpool.events import OnEvent, ignore
 from ganpool.models.dcgan import build_models
 from ganpool.notices import Notice
 from ganpool.protocol.vocabulary import RUN_OVER, Phase, RunStatus
@@ -183,6 +184,7 @@ class Worker:
         on_unit: Callable[[WorkerProgress], None] | None = None,
         max_units: int = 0,
         compute_unit: ComputeUnit | None = None,
+        on_event: OnEvent = ignore,
     ):
         self.dsn, self.run, self.cfg, self.name = dsn, run, run.config, name
         self.device = resolve_device(device)
@@ -206,9 +208,8 @@ class Worker:
         self.pin = self.device.type == "cuda"  # page-locked host buffers: async copies to the GPU
         self.progress = WorkerProgress()
         self.worker_id: int | None = None
-        # (time.time(), event, version, unit_id): claimed / compute_start / compute_end /
-        # submitted, for the benchmark's timings; bounded.
-        self.timeline: deque[tuple[float, str, int, int]] = deque(maxlen=100_000)
+        # claimed / compute_start / compute_end / submitted (version, unit_id), for benchmarks
+        self.on_event = on_event
         self._stopping = threading.Event()
         self._failure: BaseException | None = None
         self._held: dict[int, int] = {}  # unit_id -> attempt: claimed and not yet submitted
@@ -328,14 +329,14 @@ class Worker:
                 # The quickest recent unit: a claim too early costs little, one too late
                 # leaves the compute idle (units slow down while uploads share the CPU).
                 self._busy_until = time.monotonic() + min(self._recent_compute_s)
-            self.timeline.append((time.time(), "compute_start", unit["version"], unit["unit_id"]))
+            self.on_event("compute_start", unit["version"], unit["unit_id"])
             real = None if item.real is None else item.real.to(self.device, non_blocking=True)
             result = self._compute(unit, real)
             seconds = time.perf_counter() - t0
             with self._turn:
                 self._busy_until = None
                 self._in_hand -= 1
-            self.timeline.append((time.time(), "compute_end", unit["version"], unit["unit_id"]))
+            self.on_event("compute_end", unit["version"], unit["unit_id"])
             self.progress.compute_s += seconds
             self._recent_compute_s.append(seconds)
             fields = submission(
@@ -402,7 +403,7 @@ class Worker:
                     self._idle_since = None
                     self.waiting.clear()
                     pace.reset()  # found work: the next wake-up is not held back
-                    self.timeline.append((time.time(), "claimed", unit["version"], unit["unit_id"]))
+                    self.on_event("claimed", unit["version"], unit["unit_id"])
                     base = self.cfg.base_version(unit["version"])  # the weights it starts from
                     if weights is None or weights[0] != base:
                         blob = store.copy_out_blob(
@@ -551,7 +552,7 @@ class Worker:
             store.close()
 
     def _report(self, store: Store, unit: dict, verdict: dict) -> None:
-        self.timeline.append((time.time(), "submitted", unit["version"], unit["unit_id"]))
+        self.on_event("submitted", unit["version"], unit["unit_id"])
         p = self.progress
         p.version = unit["version"]
         if verdict["accepted"]:
