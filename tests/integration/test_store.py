@@ -20,6 +20,7 @@ def test_migrate_is_idempotent_and_recorded(empty_db):
         "0007_class_tools",
         "0008_backup_units",
         "0009_one_caller_check_and_names",
+        "0010_version_to_step",
     ]
     assert migrate(conn) == []
     check_schema(conn)

@@ -6,7 +6,14 @@ import re
 
 import pytest
 
-from ganpool.protocol.vocabulary import Phase, RejectionReason, ResultStatus, RunStatus, UnitState
+from ganpool.protocol.vocabulary import (
+    Phase,
+    RejectionReason,
+    ResultStatus,
+    RunStatus,
+    UnitState,
+    version_to_step,
+)
 from ganpool.store import connect
 
 COLUMNS = [
@@ -46,3 +53,33 @@ def test_the_reasons_the_database_writes_use_the_enums_words(db):
         ).fetchone()["d"]
     for kind in (RejectionReason.STALE, RejectionReason.LEASE_LOST):
         assert f"format('{kind}: " in body, kind
+
+
+def test_the_database_counts_steps_as_version_to_step_does(db):
+    """ganpool_version_to_step (migration 0010), which the queries that show steps call, is
+    the Python rule: over negative, start and later versions, 1 to 3 versions a step, with
+    and without `started`; the default is without; a missing version stays missing."""
+    with connect(db) as conn:
+        rows = conn.execute(
+            "SELECT v, n, s, ganpool_version_to_step(v, n, s) AS step, "
+            "       ganpool_version_to_step(v, n) AS plain "
+            "FROM generate_series(-3, 40) AS v, generate_series(1, 3) AS n, "
+            "     unnest(ARRAY[false, true]) AS s"
+        ).fetchall()
+        missing = conn.execute("SELECT ganpool_version_to_step(NULL, 2, true) AS step").fetchone()
+        # Inlined into the query (no function call per row): what keeps it as fast as the
+        # expressions it replaced.
+        plan = conn.execute(
+            "EXPLAIN VERBOSE SELECT ganpool_version_to_step(v, 2, true) "
+            "FROM generate_series(1, 3) AS v"
+        ).fetchall()
+    assert len(rows) == 44 * 3 * 2
+    wrong = [
+        dict(r)
+        for r in rows
+        if r["step"] != version_to_step(r["v"], r["n"], started=r["s"])
+        or r["plain"] != version_to_step(r["v"], r["n"])
+    ]
+    assert not wrong, wrong[:5]
+    assert missing["step"] is None
+    assert "ganpool_version_to_step" not in " ".join(r["QUERY PLAN"] for r in plan)

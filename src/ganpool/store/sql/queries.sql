@@ -386,7 +386,7 @@ ORDER BY images DESC, w.name;
 -- alternating rule its D phase (D loss, D(x), D(G(z))) and G phase (G loss) are two rows
 -- of step_metrics, one per published version, and each column is set in one of them.
 SELECT * FROM (
-    SELECT (version + %(per_step)s::int - 1) / %(per_step)s::int AS step,
+    SELECT ganpool_version_to_step(version, %(per_step)s::int, true) AS step,
            avg(g_loss) AS g_loss, avg(d_loss) AS d_loss, avg(d_real) AS d_real,
            avg(d_fake) AS d_fake, max(workers) AS workers, max(images) AS images,
            max(epoch) AS epoch
@@ -397,7 +397,7 @@ SELECT * FROM (
 
 -- all_metrics --
 -- Every completed step's metrics in the paper's steps (see recent_metrics), for export.
-SELECT (version + %(per_step)s::int - 1) / %(per_step)s::int AS step,
+SELECT ganpool_version_to_step(version, %(per_step)s::int, true) AS step,
        avg(g_loss) AS g_loss, avg(d_loss) AS d_loss, avg(d_real) AS d_real,
        avg(d_fake) AS d_fake, max(workers) AS workers, sum(units) AS units,
        max(images) AS images, max(epoch) AS epoch, max(created_at) AS created_at
@@ -758,7 +758,7 @@ LIMIT %(limit)s;
 -- Loss curves by the paper's step (see recent_metrics), averaged into at most max_points
 -- buckets of consecutive steps.
 WITH steps AS (
-    SELECT (version + %(per_step)s::int - 1) / %(per_step)s::int AS step,
+    SELECT ganpool_version_to_step(version, %(per_step)s::int, true) AS step,
            avg(g_loss) AS g_loss, avg(d_loss) AS d_loss, avg(d_real) AS d_real,
            avg(d_fake) AS d_fake
     FROM step_metrics WHERE run_id = %(run_id)s
@@ -777,13 +777,13 @@ ORDER BY 1;
 -- dashboard_sample_steps --
 -- Steps that have a stored sample grid. A grid drawn mid-step (a run that ended after a D
 -- phase) shows the generator of the step before: only a G phase changes it.
-SELECT DISTINCT version / %(per_step)s::int AS step FROM samples
+SELECT DISTINCT ganpool_version_to_step(version, %(per_step)s::int) AS step FROM samples
 WHERE run_id = %(run_id)s ORDER BY 1;
 
 -- dashboard_sample --
 -- The sample grid of one step (read with a binary cursor).
 SELECT png FROM samples
-WHERE run_id = %(run_id)s AND version / %(per_step)s::int = %(step)s
+WHERE run_id = %(run_id)s AND ganpool_version_to_step(version, %(per_step)s::int) = %(step)s
 ORDER BY version DESC LIMIT 1;
 
 -- dashboard_workers --
@@ -812,7 +812,7 @@ SET kid = excluded.kid, kid_std = excluded.kid_std, fid = excluded.fid,
 
 -- dashboard_quality --
 -- The quality metric over the run, for the learning-curve chart.
-SELECT version / %(per_step)s::int AS step, kid, kid_std, fid, n_fake FROM quality
+SELECT ganpool_version_to_step(version, %(per_step)s::int) AS step, kid, kid_std, fid, n_fake FROM quality
 WHERE run_id = %(run_id)s ORDER BY version;
 
 -- begin_dataset --

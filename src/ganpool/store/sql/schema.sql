@@ -1289,6 +1289,15 @@ END;
 $function$;
 GRANT EXECUTE ON FUNCTION ganpool_touched(work_units,text) TO ganpool_<class>_instructor;
 
+-- function ganpool_version_to_step(integer,integer,boolean) (owner ganpool_<class>_owner)
+CREATE OR REPLACE FUNCTION ganpool.ganpool_version_to_step(p_version integer, p_versions_per_step integer, p_started boolean DEFAULT false)
+ RETURNS integer
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+RETURN ((CASE WHEN (p_version < 0) THEN 0 ELSE p_version END + CASE WHEN p_started THEN (p_versions_per_step - 1) ELSE 0 END) / p_versions_per_step);
+GRANT EXECUTE ON FUNCTION ganpool_version_to_step(integer,integer,boolean) TO ganpool_<class>_instructor;
+GRANT EXECUTE ON FUNCTION ganpool_version_to_step(integer,integer,boolean) TO ganpool_<class>_viewer;
+
 -- function ganpool_viewer_add(text,text) (owner ganpool_<class>_owner)
 CREATE OR REPLACE FUNCTION ganpool.ganpool_viewer_add(p_name text, p_verifier text)
  RETURNS name
