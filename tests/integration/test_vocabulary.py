@@ -45,14 +45,26 @@ def test_each_enum_is_exactly_what_its_column_allows(db, enum, table, column):
         assert {m.value for m in enum} == _allowed(conn, table, column)
 
 
-def test_the_reasons_the_database_writes_use_the_enums_words(db):
-    """ganpool_submit_begin writes its own refusals: their kinds are the enum's."""
+def test_every_refusal_the_database_writes_starts_with_a_rejection_reason(db):
+    """The live functions that turn a submission away (ganpool_submit_begin, ganpool_submit):
+    each reason they set starts with a RejectionReason; the text up to its first detail."""
     with connect(db) as conn:
-        body = conn.execute(
-            "SELECT pg_get_functiondef('ganpool_submit_begin'::regproc) AS d"
-        ).fetchone()["d"]
-    for kind in (RejectionReason.STALE, RejectionReason.LEASE_LOST):
-        assert f"format('{kind}: " in body, kind
+        bodies = conn.execute(
+            "SELECT p.proname, pg_get_functiondef(p.oid) AS d FROM pg_proc AS p "
+            "WHERE p.pronamespace = 'ganpool'::regnamespace AND p.prokind = 'f' "
+            "AND pg_get_functiondef(p.oid) LIKE '%v_reason :=%'"
+        ).fetchall()
+    assert {"ganpool_submit_begin", "ganpool_submit"} <= {b["proname"] for b in bodies}
+    reasons = [
+        (b["proname"], m.group(1).split("%s")[0])
+        for b in bodies
+        for m in re.finditer(r"v_reason := (?:format\()?'([^']*)'", b["d"])
+    ]
+    starts = {k for _, text in reasons for k in RejectionReason if text.startswith(k)}
+    assert {RejectionReason.STALE, RejectionReason.LEASE_LOST} <= starts, reasons
+    assert len(reasons) >= 6, reasons
+    unnamed = [r for r in reasons if not any(r[1].startswith(k) for k in RejectionReason)]
+    assert not unnamed, f"refusals that start with no RejectionReason (add one): {unnamed}"
 
 
 def test_the_database_counts_steps_as_version_to_step_does(db):

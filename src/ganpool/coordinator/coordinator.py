@@ -429,7 +429,7 @@ class Coordinator:
         return False
 
     def _finish(self) -> None:
-        self._cancel_stale(2**31 - 1, "the run ended before this result could be applied")
+        self._cancel_stale(2**31 - 1, RejectionReason.RUN_ENDED)
         if self.version % step_to_version(self.cfg.sample_every, self.cfg.versions_per_step):
             self._store_sample(self.version)  # the final version's grid, always
         self.store.execute("set_run_status", run_id=self.run.id, status=RunStatus.FINISHED)

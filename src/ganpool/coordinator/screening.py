@@ -72,7 +72,7 @@ class Screening:
         """A payload's tensors, or PayloadError: safetensors, the manifest, size, finite.
         Under the local rule, the weight changes decoded to float32 (int8 scales checked)."""
         if blob is None:
-            raise PayloadError("no payload was uploaded with this result")
+            raise PayloadError(RejectionReason.NO_PAYLOAD)
         tensors = unpack(blob, self.manifests[phase], max_bytes=self.max_payload)
         _check_finite(tensors)
         return received_tensors(self.cfg, tensors)

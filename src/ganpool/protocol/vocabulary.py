@@ -59,12 +59,28 @@ class ResultStatus(StrEnum):
 
 
 class RejectionReason(StrEnum):
-    """The kind of a refusal whose reason (`rejections.reason`) starts "<kind>: ..."; other
-    refusals (a payload that fails its checks, a cohort outlier) are a sentence of their own."""
+    """What a refusal is about (`rejections.reason`, or the reason a submission is turned
+    away with): every reason starts with one of these, then carries its detail ("stale:
+    computed on version 4 but ..."); a member whose text needs no detail is the whole reason.
+    No member starts another, so a reason names one family (tests/unit/test_rejections.py
+    reads every reason the code writes; tests/integration/test_vocabulary.py the database's)."""
 
-    STALE = "stale"  # computed on a version the run has moved past (ganpool_submit_begin too)
-    LEASE_LOST = "lease lost"  # the unit was reissued after the lease ran out (the database)
+    # Refused by the database when the result is submitted (ganpool_submit_begin, _submit).
+    STALE = "stale"  # computed on a version the run has moved past (the coordinator too)
+    LEASE_LOST = "lease lost"  # the unit was reissued after the lease ran out
+    UNIT_NOT_OPEN = "unit"  # the unit does not exist, or is already submitted or decided
+    RUN_NOT_RUNNING = "the run has"  # the run is over or not started ("the run has stopped")
+    PAYLOAD_TOO_LARGE = "payload of"  # more bytes than the run allows (the coordinator too)
+    # Refused by the coordinator's screening, or when the run ends.
+    NO_PAYLOAD = "no payload was uploaded with this result"  # the row came, its bytes did not
+    NOT_SAFETENSORS = "payload is not"  # not a safetensors file that can be read
+    WRONG_TENSORS = "payload tensors differ from the model"  # tensors missing or extra
+    BAD_TENSOR = "tensor"  # wrong dtype or shape, NaN or infinite values, a bad int8 scale
+    BATCHNORM_STATISTIC = "BatchNorm statistic"  # no batch could give it, or far from the cohort
+    G_NORM_OUTLIER = "G's"  # G's gradient (or weight change) norm far from the cohort's
+    D_NORM_OUTLIER = "D's"  # the same for D
     SPOT_CHECK_FAILED = "spot check failed"  # two students computed one unit and disagreed
+    RUN_ENDED = "the run ended before this result could be applied"  # it was never stepped
 
 
 def version_to_step(version: int, versions_per_step: int, *, started: bool = False) -> int:
