@@ -29,6 +29,22 @@ class OwnershipRefused(GanpoolError):
     """Another live session owns what this one wanted to own (a run's coordinator)."""
 
 
+class AlreadyExists(GanpoolError):
+    """A run or a student of that name is recorded already."""
+
+
+class LoginExists(GanpoolError):
+    """A login role of that name exists on the server already (another class's, perhaps)."""
+
+
+class NotFound(GanpoolError):
+    """There is no student, viewer or run of that name."""
+
+
+class NotAllowed(GanpoolError):
+    """This login lacks the rights the operation needs (the database refused it)."""
+
+
 def explain(error: BaseException) -> tuple[str, int]:
     """The one line and the exit status the CLI gives for an error: what went wrong and, where
     the person can act, what to do. Every command's errors pass through here."""

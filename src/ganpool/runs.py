@@ -1,20 +1,34 @@
-"""Creating and finding runs (shared by the CLI, the coordinator, workers and the demo)."""
+"""Creating, finding, controlling and reading runs (shared by the CLI, the dashboard, the
+coordinator, workers and the demo).
+
+Every function takes any role's `Store`: it reads and writes through the instructor's
+methods on that store's connection (`InstructorStore.of`).
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
-
-import psycopg
 
 from ganpool.data.datasets import Dataset, check_images
-from ganpool.errors import GanpoolError
-from ganpool.models.dcgan import build_models
+from ganpool.errors import AlreadyExists, GanpoolError
+from ganpool.models.dcgan import Discriminator, Generator, build_models
 from ganpool.protocol.vocabulary import RunStatus
+from ganpool.serialization.tensors import manifest_of, unpack
 from ganpool.settings import RunConfig
 from ganpool.store import Store
+from ganpool.store.instructor import (
+    InstructorStore,
+    QuarantinedUnit,
+    RecentStep,
+    RunListing,
+    RunRecord,
+    RunSummary,
+    WorkerTally,
+)
+from ganpool.throughput import run_images_per_s
 from ganpool.training.gradients import payload_limit, result_manifest
+from ganpool.training.state import load_weights, weights_of
 
 
 @dataclass(frozen=True)
@@ -26,13 +40,13 @@ class Run:
     dataset_size: int
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Run:
+    def from_record(cls, record: RunRecord) -> Run:
         return cls(
-            id=row["id"],
-            name=row["name"],
-            config=RunConfig.from_dict(row["config"]),
-            fingerprint=row["dataset_fingerprint"],
-            dataset_size=row["dataset_size"],
+            id=record.id,
+            name=record.name,
+            config=RunConfig.from_dict(record.config),
+            fingerprint=record.fingerprint,
+            dataset_size=record.dataset_size,
         )
 
 
@@ -42,14 +56,10 @@ def create_run(store: Store, name: str, cfg: RunConfig, dataset: Dataset) -> Run
         g, d = build_models(cfg.model, cfg.seed)
         cfg = cfg.replace(max_payload_bytes=payload_limit(result_manifest(g, d)))
     try:
-        store.one(
-            "insert_run",
-            name=name,
-            config=json.dumps(cfg.to_dict()),
-            fingerprint=dataset.fingerprint,
-            dataset_size=len(dataset),
+        InstructorStore.of(store).insert_run(
+            name, json.dumps(cfg.to_dict()), dataset.fingerprint, len(dataset)
         )
-    except psycopg.errors.UniqueViolation:
+    except AlreadyExists:
         raise GanpoolError(
             f"a run named {name!r} already exists; choose another --run name"
         ) from None
@@ -57,15 +67,16 @@ def create_run(store: Store, name: str, cfg: RunConfig, dataset: Dataset) -> Run
 
 
 def find_run(store: Store, name: str | None) -> Run:
+    """The run of that name, or the newest one when `name` is None."""
+    db = InstructorStore.of(store)
     if name is None:
-        latest = store.one("latest_run")
-        if latest is None:
+        name = db.latest_run_name()
+        if name is None:
             raise GanpoolError("there is no run yet: create one with `ganpool run create`")
-        name = latest["name"]
-    row = store.one("run_by_name", name=name)
-    if row is None:
+    record = db.run_by_name(name)
+    if record is None:
         raise GanpoolError(f"run {name!r} does not exist: check --run, or `ganpool status`")
-    return Run.from_row(row)
+    return Run.from_record(record)
 
 
 # What each instructor action does, and the states it applies to. A finished or stopped
@@ -80,16 +91,11 @@ CONTROLS = {
 def control_run(store: Store, run: Run, action: str) -> str:
     """Pause, resume or stop a run (and wake its workers); returns the new status, or says
     in one line why the run is not in a state the action applies to."""
+    db = InstructorStore.of(store)
     status, allowed = CONTROLS[action]
-    with store.tx():
-        changed = store.one(
-            "change_run_status", run_id=run.id, status=status, allowed=list(allowed)
-        )
-        if changed:
-            store.execute("notify_run_status", run_id=run.id)
-    if changed:
+    if db.set_run_status(run.id, status, allowed):
         return status
-    now = store.one("run_state", run_id=run.id)["status"]
+    now = db.run_state(run.id).status
     if now == status:
         raise GanpoolError(f"run {run.name!r} is already {now}")
     raise GanpoolError(f"run {run.name!r} is {now}: it cannot be {action}d")
@@ -98,29 +104,82 @@ def control_run(store: Store, run: Run, action: str) -> str:
 def coordinator_alive(store: Store, run_id: int) -> bool:
     """Whether a live session owns the run's coordinator (see `owners`, migration 0006);
     any login of the class may ask, students included."""
-    return store.one("coordinator_alive", run_id=run_id)["alive"]
+    return InstructorStore.of(store).coordinator_alive(run_id)
 
 
-def list_runs(store: Store) -> list[dict[str, Any]]:
-    """Every run, newest first, with its steps in the paper's sense and its target."""
+@dataclass(frozen=True)
+class RunLine:
+    """A run as `run list` shows it: its steps in the paper's sense and its target."""
+
+    listing: RunListing
+    steps: int
+    target: int | None
+
+
+def list_runs(store: Store) -> list[RunLine]:
+    """Every run, newest first."""
     out = []
-    for row in store.all("list_runs"):
-        cfg = RunConfig.from_dict(row["config"])
-        out.append({**row, "steps": cfg.steps_of(row["current_version"]), "target": cfg.max_steps})
+    for row in InstructorStore.of(store).list_runs():
+        cfg = RunConfig.from_dict(row.config)
+        out.append(RunLine(row, cfg.steps_of(row.current_version), cfg.max_steps))
     return out
 
 
 def delete_run(store: Store, run: Run, force: bool = False) -> None:
     """Delete a run and everything recorded for it. A run that is running, or that a
     coordinator still holds, is refused unless `force`: its class would lose its work."""
-    status = store.one("run_state", run_id=run.id)["status"]
-    busy = status in (RunStatus.RUNNING, RunStatus.PAUSED) or coordinator_alive(store, run.id)
+    db = InstructorStore.of(store)
+    status = db.run_state(run.id).status
+    busy = status in (RunStatus.RUNNING, RunStatus.PAUSED) or db.coordinator_alive(run.id)
     if busy and not force:
         raise GanpoolError(
             f"run {run.name!r} is {status}"
-            + (" and its coordinator is running" if coordinator_alive(store, run.id) else "")
+            + (" and its coordinator is running" if db.coordinator_alive(run.id) else "")
             + ": stop it first (`ganpool run stop`), or pass --force to delete it anyway"
         )
-    with store.tx():
-        if store.one("delete_run", run_id=run.id) is None:
-            raise GanpoolError(f"run {run.name!r} no longer exists")
+    if not db.delete_run(run.id):
+        raise GanpoolError(f"run {run.name!r} no longer exists")
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What `ganpool status` shows of a run."""
+
+    summary: RunSummary
+    images_per_s: float
+    coordinator_alive: bool
+    quarantined: list[QuarantinedUnit]
+    leaderboard: list[WorkerTally]
+    recent: list[RecentStep]
+
+
+def run_report(store: Store, run: Run) -> RunReport:
+    db = InstructorStore.of(store)
+    return RunReport(
+        summary=db.run_summary(run.id),
+        images_per_s=run_images_per_s(db, run.id),
+        coordinator_alive=db.coordinator_alive(run.id),
+        quarantined=db.quarantined_units(run.id, limit=20),
+        leaderboard=db.leaderboard(run.id),
+        recent=db.recent_steps(run.id, run.config.versions_per_step, limit=5),
+    )
+
+
+def load_version(
+    store: Store, run: Run, version: int | None = None, *, not_kept: str = ""
+) -> tuple[int, Generator, Discriminator]:
+    """A kept version of the run's networks (the newest by default), and its number;
+    `not_kept` ends the line that refuses a version no longer kept."""
+    db = InstructorStore.of(store)
+    if version is None:
+        newest = db.current_weights(run.id)
+        if newest is None:
+            raise GanpoolError(f"run {run.name!r} has no published weights yet")
+        version, blob = newest.version, newest.blob
+    else:
+        blob = db.weights_at(run.id, version)
+        if blob is None:
+            raise GanpoolError(f"version {version} of run {run.name!r} is not kept{not_kept}")
+    g, d = build_models(run.config.model, run.config.seed)
+    load_weights(g, d, unpack(blob, manifest_of(weights_of(g, d))))
+    return version, g, d

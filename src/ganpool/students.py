@@ -14,10 +14,9 @@ import secrets
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-import psycopg
-
-from ganpool.errors import GanpoolError
+from ganpool.errors import AlreadyExists, GanpoolError, LoginExists, NotAllowed, NotFound
 from ganpool.store import Store
+from ganpool.store.instructor import InstructorStore, Student
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
@@ -62,81 +61,76 @@ def add_student(
     sslrootcert: str | None = None,
 ) -> str:
     check_name(name)
-    role = store.one("student_role", name=name)["role_name"]
-    password = secrets.token_urlsafe(24)  # 192 bits
-    verifier = store.conn.pgconn.encrypt_password(
-        password.encode(), role.encode(), b"scram-sha-256"
-    ).decode()
+    db = InstructorStore.of(store)
+    role = db.student_role(name)
+    password, verifier = _new_password(db, role)
     try:
-        with store.tx():
-            store.one("add_student", name=name, verifier=verifier)
-    except psycopg.errors.UniqueViolation:
+        db.add_student(name, verifier)
+    except AlreadyExists:
         raise GanpoolError(f"student {name!r} already exists") from None
-    except psycopg.errors.DuplicateObject:
+    except LoginExists:
         raise GanpoolError(
             f"a login role {role!r} already exists on this server (another class?); "
             "choose another name"
         ) from None
-    except psycopg.errors.InsufficientPrivilege:
+    except NotAllowed:
         raise GanpoolError(
             "your login may not create roles: run `ganpool student add` as the instructor"
         ) from None
-    info = store.conn.info
-    return join_string(
-        role, password, host or info.host, port or info.port, info.dbname, sslmode, sslrootcert
-    )
+    return _join_for(db, role, password, host=host, port=port, sslmode=sslmode,
+                     sslrootcert=sslrootcert)  # fmt: skip
 
 
-def _student_call(store: Store, query: str, name: str) -> None:
-    try:
-        with store.tx():
-            store.one(query, name=name)
-    except psycopg.errors.NoDataFound:
-        raise GanpoolError(
-            f"there is no student named {name!r} (see `ganpool student list`)"
-        ) from None
+def _no_such_student(name: str) -> GanpoolError:
+    return GanpoolError(f"there is no student named {name!r} (see `ganpool student list`)")
 
 
 def disable_student(store: Store, name: str) -> int:
     """Refused from the student's next call on (checked in every worker function); the login
     is closed too, and their open sessions are ended (by a definer function of the class's
     owner role, so a non-superuser instructor can too). Returns the sessions ended."""
-    _student_call(store, "disable_student", name)
-    return store.one("end_student_sessions", name=name)["ended"]
+    try:
+        return InstructorStore.of(store).disable_student(name)
+    except NotFound:
+        raise _no_such_student(name) from None
 
 
 def enable_student(store: Store, name: str) -> None:
-    _student_call(store, "enable_student", name)
+    try:
+        InstructorStore.of(store).enable_student(name)
+    except NotFound:
+        raise _no_such_student(name) from None
 
 
 def remove_student(store: Store, name: str) -> None:
-    _student_call(store, "remove_student", name)
+    try:
+        InstructorStore.of(store).remove_student(name)
+    except NotFound:
+        raise _no_such_student(name) from None
 
 
-def list_students(store: Store) -> list[dict]:
-    return store.all("list_students")
+def list_students(store: Store) -> list[Student]:
+    return InstructorStore.of(store).list_students()
 
 
 # -- a class at a time, lost join strings, read-only logins ---------------------------------
 
 
-def _new_password(store: Store, role: str) -> tuple[str, str]:
+def _new_password(db: InstructorStore, role: str) -> tuple[str, str]:
     """A fresh password and its SCRAM verifier, hashed here: only the verifier is sent."""
     password = secrets.token_urlsafe(24)  # 192 bits
-    verifier = store.conn.pgconn.encrypt_password(
-        password.encode(), role.encode(), b"scram-sha-256"
-    ).decode()
-    return password, verifier
+    return password, db.scram_verifier(role, password)
 
 
-def _join_for(store: Store, role: str, password: str, where: dict) -> str:
-    info = store.conn.info
+def _join_for(db: InstructorStore, role: str, password: str, **where) -> str:
+    """The join string of `role`: where it connects to defaults to this connection's."""
+    here = db.target()
     return join_string(
         role,
         password,
-        where.get("host") or info.host,
-        where.get("port") or info.port,
-        info.dbname,
+        where.get("host") or here.host,
+        where.get("port") or here.port,
+        here.dbname,
         where.get("sslmode"),
         where.get("sslrootcert"),
     )
@@ -181,13 +175,13 @@ def read_roster(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 def add_roster(store: Store, rows: list[dict[str, str]], **where) -> list[str]:
     """Create every student of a roster, or none (roles are transactional in PostgreSQL);
     returns their join strings in the roster's order."""
-    taken = {s["name"] for s in list_students(store)} & {r["name"] for r in rows}
+    taken = {s.name for s in list_students(store)} & {r["name"] for r in rows}
     if taken:
         raise GanpoolError(
             f"already students: {', '.join(sorted(taken))}; nobody was added (take them off the "
             "roster, or `ganpool student reissue NAME` for a new join string)"
         )
-    with store.tx():
+    with InstructorStore.of(store).atomically():
         return [add_student(store, r["name"], **where) for r in rows]
 
 
@@ -195,41 +189,38 @@ def reissue_student(store: Store, name: str, **where) -> str:
     """A new password for a student who lost their join string: the old one stops working,
     their work and place on the leaderboard stay. Returns the new join string."""
     check_name(name)
-    role = store.one("student_role", name=name)["role_name"]
-    password, verifier = _new_password(store, role)
+    db = InstructorStore.of(store)
+    role = db.student_role(name)
+    password, verifier = _new_password(db, role)
     try:
-        with store.tx():
-            store.one("reissue_student", name=name, verifier=verifier)
-    except psycopg.errors.NoDataFound:
-        raise GanpoolError(
-            f"there is no student named {name!r} (see `ganpool student list`)"
-        ) from None
-    except psycopg.errors.InsufficientPrivilege:
+        db.reissue_student(name, verifier)
+    except NotFound:
+        raise _no_such_student(name) from None
+    except NotAllowed:
         raise GanpoolError("only the instructor can reissue join strings") from None
-    return _join_for(store, role, password, where)
+    return _join_for(db, role, password, **where)
 
 
 def add_viewer(store: Store, name: str, **where) -> str:
     """A read-only login for the class's projector or an assistant: it can open the
     dashboard and `ganpool status`, and change nothing. Returns its connection URL."""
     check_name(name)
-    role = store.one("viewer_role", name=name)["role_name"]
-    password, verifier = _new_password(store, role)
+    db = InstructorStore.of(store)
+    role = db.viewer_role(name)
+    password, verifier = _new_password(db, role)
     try:
-        with store.tx():
-            store.one("add_viewer", name=name, verifier=verifier)
-    except psycopg.errors.DuplicateObject:
+        db.add_viewer(name, verifier)
+    except LoginExists:
         raise GanpoolError(f"a login {role!r} already exists on this server") from None
-    except psycopg.errors.InsufficientPrivilege:
+    except NotAllowed:
         raise GanpoolError(
             "your login may not create roles: run `ganpool viewer add` as the instructor"
         ) from None
-    return _join_for(store, role, password, where)
+    return _join_for(db, role, password, **where)
 
 
 def remove_viewer(store: Store, name: str) -> None:
     try:
-        with store.tx():
-            store.one("remove_viewer", name=name)
-    except psycopg.errors.NoDataFound:
+        InstructorStore.of(store).remove_viewer(name)
+    except NotFound:
         raise GanpoolError(f"there is no viewer named {name!r}") from None

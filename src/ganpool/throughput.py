@@ -14,6 +14,9 @@ from __future__ import annotations
 import time
 from collections import deque
 
+from ganpool.store import Store
+from ganpool.store.instructor import InstructorStore
+
 WINDOW_S = 60.0
 
 
@@ -22,10 +25,10 @@ def images_per_s(images: float, seconds: float | None) -> float:
     return float(images) / float(seconds) if seconds and seconds > 0 else 0.0
 
 
-def run_images_per_s(store, run_id: int) -> float:
+def run_images_per_s(store: Store, run_id: int) -> float:
     """A run's speed, from what the database recorded (see the `run_throughput` query)."""
-    row = store.one("run_throughput", run_id=run_id)
-    return images_per_s(row["images"], row["seconds"]) if row else 0.0
+    measured = InstructorStore.of(store).run_throughput(run_id)
+    return images_per_s(measured.images, measured.seconds) if measured else 0.0
 
 
 class RecentImages:

@@ -39,8 +39,8 @@ def _cleanup(db: str, names: list[str]) -> None:
     store = Store(connect(db))
     try:
         for s in list_students(store):
-            if s["name"] in names:
-                remove_student(store, s["name"])
+            if s.name in names:
+                remove_student(store, s.name)
     finally:
         store.close()
 

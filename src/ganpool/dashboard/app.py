@@ -15,27 +15,24 @@ import math
 import pathlib
 import secrets
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from importlib import resources
 from os import PathLike
-from typing import Annotated, Any
+from typing import Annotated
 
-import psycopg
 from fastapi import Cookie, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, Field
 
 from ganpool.dashboard.wheel import add_wheel_routes
-from ganpool.errors import GanpoolError
+from ganpool.errors import DatabaseUnavailable, GanpoolError, NotAllowed, NotFound
 from ganpool.protocol.vocabulary import RunStatus
 from ganpool.runs import CONTROLS, Run, control_run
 from ganpool.settings import RunConfig
-from ganpool.store import Store
-from ganpool.store.connection import session_conninfo
-from ganpool.store.queries import named_queries
+from ganpool.store.instructor import RunRecord
+from ganpool.store.pool import StorePool
 from ganpool.throughput import images_per_s
 
 RunName = Annotated[str, Path(min_length=1, max_length=200)]
@@ -123,29 +120,23 @@ def create_app(
     max_points: int = 400,
     wheel: PathLike | None = None,
 ) -> FastAPI:
-    queries = named_queries()
     secret = secrets.token_bytes(32)
     token = hmac.new(secret, b"instructor", hashlib.sha256).hexdigest()
-    pools: dict[str, ConnectionPool] = {}
+    pools: dict[str, StorePool] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        kw = {"autocommit": True, "row_factory": dict_row}
-        pools["read"] = ConnectionPool(
-            session_conninfo(db), min_size=1, max_size=4, kwargs=kw, open=True
-        )
+        pools["read"] = StorePool(db, min_size=1, max_size=4)
         if instructor_password:
-            pools["control"] = ConnectionPool(
-                session_conninfo(control_db or db), min_size=0, max_size=1, kwargs=kw, open=True
-            )
+            pools["control"] = StorePool(control_db or db, min_size=0, max_size=1)
         yield
         for pool in pools.values():
             pool.close()
 
     app = FastAPI(title="ganpool dashboard", version="1", lifespan=lifespan)
 
-    @app.exception_handler(psycopg.errors.InsufficientPrivilege)
-    def refused(request: Request, e: psycopg.Error) -> JSONResponse:
+    @app.exception_handler(NotAllowed)
+    def refused(request: Request, e: NotAllowed) -> JSONResponse:
         # A login that may not read this (a student's): say so, rather than a bare 500.
         first = str(e).strip().splitlines()[0] if str(e).strip() else "permission denied"
         return JSONResponse(
@@ -154,8 +145,8 @@ def create_app(
             status_code=403,
         )  # fmt: skip
 
-    @app.exception_handler(psycopg.OperationalError)
-    def unavailable(request: Request, e: psycopg.Error) -> JSONResponse:
+    @app.exception_handler(DatabaseUnavailable)
+    def unavailable(request: Request, e: DatabaseUnavailable) -> JSONResponse:
         return JSONResponse(
             {"detail": "the database is unreachable for now; the page retries on its own"},
             status_code=503,
@@ -165,20 +156,20 @@ def create_app(
     app.mount("/static", StaticFiles(directory=str(package / "static")), name="static")
     templates = Jinja2Templates(directory=str(package / "templates"))  # autoescapes HTML
 
-    def fetch(query: str, /, binary: bool = False, pool: str = "read", **params: Any) -> list[dict]:
-        with pools[pool].connection() as conn, conn.cursor(binary=binary) as cur:
-            cur.execute(queries[query], params)
-            return cur.fetchall() if cur.description else []
+    def reading():
+        """A connection of the read pool, as the instructor's store."""
+        return pools["read"].store()
 
-    def run_row(run: str) -> dict:
-        rows = fetch("run_by_name", name=run)
-        if not rows:
+    def run_row(run: str) -> RunRecord:
+        with reading() as store:
+            record = store.run_by_name(run)
+        if record is None:
             raise HTTPException(404, f"no run named {run!r}")
-        return rows[0]
+        return record
 
-    def per_step(row: dict) -> int:
+    def per_step(record: RunRecord) -> int:
         """Published versions per paper step of a run (two under the alternating rule)."""
-        return RunConfig.from_dict(row["config"]).versions_per_step
+        return RunConfig.from_dict(record.config).versions_per_step
 
     def instructor(ganpool_instructor: Annotated[str | None, Cookie()] = None) -> None:
         if not instructor_password:
@@ -194,44 +185,46 @@ def create_app(
 
     @app.get("/api/runs", response_model=list[RunRow])
     def runs() -> list[RunRow]:
+        with reading() as store:
+            listing = store.list_runs()
         return [
             RunRow(
-                name=r["name"],
-                status=r["status"],
-                step=RunConfig.from_dict(r["config"]).steps_of(r["current_version"]),
+                name=r.name,
+                status=r.status,
+                step=RunConfig.from_dict(r.config).steps_of(r.current_version),
             )
-            for r in fetch("list_runs")
+            for r in listing
         ]
 
     @app.get("/api/runs/{run}/progress", response_model=Progress)
     def progress(run: RunName) -> Progress:
-        rows = fetch("dashboard_progress", run=run)
-        if not rows:
-            raise HTTPException(404, f"no run named {run!r}")
-        p = rows[0]
-        p["step"] = RunConfig.from_dict(p["config"]).steps_of(p["current_version"])
-        speed = fetch("run_throughput", run_id=p["id"])[0]
-        rate = images_per_s(speed["images"], speed["seconds"])
-        alive = fetch("coordinator_alive", run_id=p["id"])[0]
-        cfg = p["config"]
+        with reading() as store:
+            p = store.run_progress(run)
+            if p is None:
+                raise HTTPException(404, f"no run named {run!r}")
+            speed = store.run_throughput(p.id)
+            alive = store.coordinator_alive(p.id)
+        step = RunConfig.from_dict(p.config).steps_of(p.current_version)
+        rate = images_per_s(speed.images, speed.seconds)
+        cfg = p.config
         target = cfg.get("max_steps") or None
         eta = None
-        if p["status"] == RunStatus.RUNNING and rate > 0:
+        if p.status == RunStatus.RUNNING and rate > 0:
             images_per_step = cfg["unit_size"] * cfg["results_per_step"]
             if target:
-                eta = (target - p["step"]) * images_per_step / rate
+                eta = (target - step) * images_per_step / rate
             elif cfg.get("max_epochs"):
-                eta = (cfg["max_epochs"] - p["epochs"]) * p["dataset_size"] / rate
+                eta = (cfg["max_epochs"] - p.epochs) * p.dataset_size / rate
         return Progress(
-            run=p["name"],
-            status=p["status"],
-            step=p["step"],
-            epochs=float(p["epochs"]),
-            epoch_progress=float(p["epochs"]) - math.floor(float(p["epochs"])),
-            images_applied=p["images_applied"],
+            run=p.name,
+            status=p.status,
+            step=step,
+            epochs=float(p.epochs),
+            epoch_progress=float(p.epochs) - math.floor(float(p.epochs)),
+            images_applied=p.images_applied,
             images_per_s=rate,
-            workers_online=p["workers_online"],
-            coordinator_alive=alive["alive"],
+            workers_online=p.workers_online,
+            coordinator_alive=alive,
             target_steps=target,
             eta_s=max(0.0, eta) if eta is not None else None,
         )
@@ -241,34 +234,32 @@ def create_app(
         run: RunName, limit: Annotated[int, Query(ge=1, le=1000)] = 200
     ) -> list[LeaderRow]:
         r = run_row(run)
-        return [
-            LeaderRow(**row) for row in fetch("dashboard_leaderboard", run_id=r["id"], limit=limit)
-        ]
+        with reading() as store:
+            rows = store.contributors(r.id, limit)
+        return [LeaderRow(**asdict(row)) for row in rows]
 
     @app.get("/api/runs/{run}/metrics", response_model=list[MetricPoint])
     def metrics(
         run: RunName, points: Annotated[int, Query(ge=2, le=2000)] = max_points
     ) -> list[MetricPoint]:
         r = run_row(run)
-        return [
-            MetricPoint(**row)
-            for row in fetch(
-                "dashboard_metrics", run_id=r["id"], max_points=points, per_step=per_step(r)
-            )
-        ]
+        with reading() as store:
+            rows = store.loss_curves(r.id, per_step(r), max_points=points)
+        return [MetricPoint(**asdict(row)) for row in rows]
 
     @app.get("/api/runs/{run}/quality", response_model=list[QualityPoint])
     def quality(run: RunName) -> list[QualityPoint]:
         r = run_row(run)
-        rows = fetch("dashboard_quality", run_id=r["id"], per_step=per_step(r))
-        return [QualityPoint(**row) for row in rows]
+        with reading() as store:
+            rows = store.quality(r.id, per_step(r))
+        return [QualityPoint(**asdict(row)) for row in rows]
 
     @app.get("/api/runs/{run}/samples", response_model=list[int])
     def samples(run: RunName) -> list[int]:
         """The steps that have a sample grid."""
         r = run_row(run)
-        rows = fetch("dashboard_sample_steps", run_id=r["id"], per_step=per_step(r))
-        return [row["step"] for row in rows]
+        with reading() as store:
+            return store.sample_steps(r.id, per_step(r))
 
     @app.get(
         "/api/runs/{run}/samples/{step}.png",
@@ -277,13 +268,12 @@ def create_app(
     )
     def sample(run: RunName, step: Annotated[int, Path(ge=0, le=2**31 - 1)]) -> Response:
         r = run_row(run)
-        rows = fetch(
-            "dashboard_sample", binary=True, run_id=r["id"], step=step, per_step=per_step(r)
-        )
-        if not rows:
+        with reading() as store:
+            png = store.sample_png(r.id, step, per_step(r))
+        if png is None:
             raise HTTPException(404, f"no sample grid at step {step}")
         return Response(
-            bytes(rows[0]["png"]),
+            bytes(png),
             media_type="image/png",
             headers={"Cache-Control": "max-age=86400"},
         )
@@ -291,16 +281,18 @@ def create_app(
     @app.get("/api/runs/{run}/workers", response_model=list[WorkerRow])
     def workers(run: RunName, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[WorkerRow]:
         r = run_row(run)
+        with reading() as store:
+            rows = store.worker_activity(r.id, limit)
         return [
             WorkerRow(
-                name=w["name"],
-                device=w["device"],
-                last_heartbeat_s=float(w["seconds_since_heartbeat"]),
-                current_unit=w["current_unit"],
-                images_per_s=images_per_s(w["images_last_minute"], w["seconds"]),
-                present=w["present"],
+                name=w.name,
+                device=w.device,
+                last_heartbeat_s=float(w.seconds_since_heartbeat),
+                current_unit=w.current_unit,
+                images_per_s=images_per_s(w.images_last_minute, w.seconds),
+                present=w.present,
             )
-            for w in fetch("dashboard_workers", run_id=r["id"], limit=limit)
+            for w in rows
         ]
 
     @app.get("/api/runs/{run}/quarantined", response_model=list[QuarantinedUnit])
@@ -309,16 +301,18 @@ def create_app(
     ) -> list[QuarantinedUnit]:
         """Units set aside because several workers could not compute them (poison units)."""
         r = run_row(run)
+        with reading() as store:
+            rows = store.quarantined_units(r.id, limit)
         return [
             QuarantinedUnit(
-                unit=u["id"],
-                version=u["version"],
-                images=u["indices"],
-                bad_images=u["bad_images"] or [],
-                reason=u["reason"] or "",
-                reported_by=u["reported_by"],
+                unit=u.id,
+                version=u.version,
+                images=u.indices,
+                bad_images=u.bad_images or [],
+                reason=u.reason or "",
+                reported_by=u.reported_by,
             )
-            for u in fetch("quarantined_units", run_id=r["id"], limit=limit)
+            for u in rows
         ]
 
     @app.post("/api/login", response_model=Done)
@@ -336,8 +330,10 @@ def create_app(
     ) -> Done:
         r = run_row(run)
         try:
-            with pools["control"].connection() as conn:
-                status = control_run(Store(conn), Run.from_row(r), action)
+            with pools["control"].store() as store:
+                status = control_run(store, Run.from_record(r), action)
+        except (NotAllowed, DatabaseUnavailable):
+            raise  # answered by the handlers above, as any request's
         except GanpoolError as e:  # e.g. resuming a finished run
             raise HTTPException(409, str(e)) from None
         return Done(ok=True, message=f"run {run} is now {status}")
@@ -347,13 +343,11 @@ def create_app(
     )
     def disable(name: Annotated[str, Path(min_length=1, max_length=40)]) -> Done:
         try:
-            with pools["control"].connection() as conn, conn.transaction():
-                conn.execute(queries["disable_student"], {"name": name})
-                # ... and their open sessions end (as `ganpool student disable` does).
-                ended = conn.execute(queries["end_student_sessions"], {"name": name}).fetchone()
-        except psycopg.errors.NoDataFound:
+            with pools["control"].store() as store:
+                ended = store.disable_student(name)  # ... and their open sessions end
+        except NotFound:
             raise HTTPException(404, f"no student named {name!r}") from None
-        return Done(ok=True, message=f"student {name} disabled ({ended['ended']} sessions ended)")
+        return Done(ok=True, message=f"student {name} disabled ({ended} sessions ended)")
 
     if wheel is not None:  # what students install (ganpool.dashboard.wheel)
         add_wheel_routes(app, pathlib.Path(wheel))

@@ -12,22 +12,22 @@ from pathlib import Path
 from ganpool.errors import GanpoolError
 from ganpool.runs import Run
 from ganpool.store import Store
+from ganpool.store.instructor import InstructorStore
 
 COLUMNS = ("step", "epoch", "g_loss", "d_loss", "d_real", "d_fake", "workers", "units", "images")
 QUALITY = ("kid", "kid_std", "fid")
 
 
 def metric_rows(store: Store, run: Run) -> list[dict]:
+    """One row per completed step: the COLUMNS, the QUALITY where measured, and its time."""
+    db = InstructorStore.of(store)
     per_step = run.config.versions_per_step
-    rows = store.all("all_metrics", run_id=run.id, per_step=per_step)
-    quality = {
-        q["step"]: q for q in store.all("dashboard_quality", run_id=run.id, per_step=per_step)
-    }
+    quality = {q.step: q for q in db.quality(run.id, per_step)}
     return [
-        {k: r[k] for k in COLUMNS}
-        | {"time": r["created_at"].isoformat()}
-        | {k: quality[r["step"]][k] if r["step"] in quality else None for k in QUALITY}
-        for r in rows
+        {k: getattr(r, k) for k in COLUMNS}
+        | {"time": r.created_at.isoformat()}
+        | {k: getattr(quality[r.step], k) if r.step in quality else None for k in QUALITY}
+        for r in db.all_steps(run.id, per_step)
     ]
 
 

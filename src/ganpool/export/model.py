@@ -7,40 +7,34 @@ files back (checking names, shapes and dtypes against the config's model) for `g
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from ganpool.errors import GanpoolError, PayloadError
 from ganpool.evaluation.grid import grid_png
-from ganpool.models.dcgan import Generator, ModelConfig, build_models
-from ganpool.runs import Run
+from ganpool.models.dcgan import Generator, ModelConfig
+from ganpool.runs import Run, load_version
 from ganpool.serialization.tensors import manifest_of, pack, read_metadata, unpack
 from ganpool.store import Store
-from ganpool.training.state import load_weights, weights_of
+from ganpool.store.instructor import InstructorStore
 
 WEIGHTS = "generator.safetensors"
 
 
 def export_generator(store: Store, run: Run, out: Path, version: int | None = None) -> Path:
     cfg = run.config
-    if version is None:
-        row = store.one_binary("current_weights", run_id=run.id)
-        if row is None:
-            raise GanpoolError(f"run {run.name!r} has no published weights yet")
-        version, blob = row["version"], row["weights"]
-    else:
-        blob = store.blob("weights_at", "weights", run_id=run.id, version=version)
-        if blob is None:
-            raise GanpoolError(
-                f"version {version} of run {run.name!r} is not kept (see keep_versions and "
-                "milestone_every); export the newest version instead"
-            )
-    g, d = build_models(cfg.model, cfg.seed)
-    load_weights(g, d, unpack(blob, manifest_of(weights_of(g, d))))
-    summary = store.one("run_summary", run_id=run.id)
-    board = store.all("leaderboard", run_id=run.id)
-    metrics = store.all("recent_metrics", run_id=run.id, limit=1, per_step=cfg.versions_per_step)
+    version, g, _ = load_version(
+        store,
+        run,
+        version,
+        not_kept=" (see keep_versions and milestone_every); export the newest version instead",
+    )
+    db = InstructorStore.of(store)
+    summary = db.run_summary(run.id)
+    board = db.leaderboard(run.id)
+    metrics = db.recent_steps(run.id, cfg.versions_per_step, limit=1)
     model = {k: getattr(cfg.model, k) for k in ("image_size", "channels", "nz", "ngf", "ndf")}
     card = {
         "run": run.name,
@@ -52,11 +46,11 @@ def export_generator(store: Store, run: Run, out: Path, version: int | None = No
             "images": run.dataset_size,
         },
         "steps": cfg.steps_of(version),  # the paper's steps (two versions each, alternating)
-        "epochs": round(float(summary["epochs"]), 4),
-        "images_applied": int(summary["images_applied"]),
-        "contributors": [{"name": r["name"], "images": int(r["images"])} for r in board],
+        "epochs": round(float(summary.epochs), 4),
+        "images_applied": int(summary.images_applied),
+        "contributors": [{"name": r.name, "images": int(r.images)} for r in board],
         "update_rule": cfg.update_rule,
-        "last_metrics": metrics[-1] if metrics else None,
+        "last_metrics": asdict(metrics[-1]) if metrics else None,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / WEIGHTS).write_bytes(

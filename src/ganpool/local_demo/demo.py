@@ -28,7 +28,7 @@ from ganpool.local_demo.embedded import EmbeddedPostgres
 from ganpool.local_demo.supervise import die_with_parent, start_guardian
 from ganpool.runs import create_run
 from ganpool.settings import load_run_config
-from ganpool.store import Store, connect, migrate
+from ganpool.store.instructor import InstructorStore, RunSummary
 from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff, Outage
 from ganpool.throughput import run_images_per_s
 
@@ -48,13 +48,13 @@ class _Watch:
 
     def __init__(self, dsn: str):
         self.dsn = dsn
-        self.store: Store | None = None
+        self.store: InstructorStore | None = None
         self.outage = Outage()
         self.last_error: BaseException | None = None
 
-    def _connected(self) -> Store:
-        if self.store is None or self.store.conn.closed:
-            self.store = Store(connect(self.dsn))
+    def _connected(self) -> InstructorStore:
+        if self.store is None or self.store.closed:
+            self.store = InstructorStore.open(self.dsn, check=False)
         return self.store
 
     def _drop(self, error: BaseException) -> None:
@@ -64,18 +64,18 @@ class _Watch:
             self.store.close()
         self.store = None
 
-    def try_once(self, run_id: int) -> tuple[dict, float] | None:
+    def try_once(self, run_id: int) -> tuple[RunSummary, float] | None:
         """The run's figures now, or None while the database is away (the caller polls)."""
         try:
             store = self._connected()
-            row = store.one("run_summary", run_id=run_id), run_images_per_s(store, run_id)
+            row = store.run_summary(run_id), run_images_per_s(store, run_id)
         except CONNECTION_ERRORS as e:
             self._drop(e)
             return None
         self.outage.back()
         return row
 
-    def until_answered(self, run_id: int) -> tuple[dict, float]:
+    def until_answered(self, run_id: int) -> tuple[RunSummary, float]:
         """The run's figures, waiting (with backoff, bounded) for the database if need be."""
         backoff = Backoff(outage=self.outage)
         while (figures := self.try_once(run_id)) is None:
@@ -131,9 +131,8 @@ def run_demo(
             db = server.start()
             guardian = start_guardian(server.data_dir)
             print(f"started an embedded PostgreSQL server: {db}", flush=True)
-        conn = connect(db)
-        migrate(conn)
-        store = Store(conn)
+        store = InstructorStore.open(db, check=False)
+        store.migrate()
         cfg = load_run_config(preset="small", overrides={**(settings or {}), "max_steps": steps})
         dataset = builtin_faces(cfg.image_size, cfg.channels)
         run = create_run(store, f"demo-{time.strftime('%Y%m%d-%H%M%S')}", cfg, dataset)
@@ -179,9 +178,9 @@ def run_demo(
                     continue  # the database is away: said once; the others reconnect too
                 s, rate = figures
                 print(
-                    f"step {cfg.steps_of(s['current_version'])}/{steps} | "
-                    f"epoch {s['epochs']:.2f} | "
-                    f"{rate:.1f} img/s | workers online {s['workers_online']}",
+                    f"step {cfg.steps_of(s.current_version)}/{steps} | "
+                    f"epoch {s.epochs:.2f} | "
+                    f"{rate:.1f} img/s | workers online {s.workers_online}",
                     flush=True,
                 )
         if coordinator.returncode != 0:
@@ -194,12 +193,12 @@ def run_demo(
         watch.close()
         summary = {
             "run": run.name,
-            "steps_completed": cfg.steps_of(s["current_version"]),
-            "epochs_completed": round(float(s["epochs"]), 4),
-            "images_processed": int(s["images_applied"]),
-            "units_applied": int(s["units_applied"]),
-            "units_rejected": int(s["units_rejected"]),
-            "units_reissued": int(s["units_reissued"]),
+            "steps_completed": cfg.steps_of(s.current_version),
+            "epochs_completed": round(float(s.epochs), 4),
+            "images_processed": int(s.images_applied),
+            "units_applied": int(s.units_applied),
+            "units_rejected": int(s.units_rejected),
+            "units_reissued": int(s.units_reissued),
             "images_per_s": round(rate, 2),
             "workers": workers,
             "wall_seconds": round(time.monotonic() - started, 2),
