@@ -77,8 +77,8 @@ def add_student(
         raise GanpoolError(
             "your login may not create roles: run `ganpool student add` as the instructor"
         ) from None
-    return _join_for(db, role, password, host=host, port=port, sslmode=sslmode,
-                     sslrootcert=sslrootcert)  # fmt: skip
+    where = {"host": host, "port": port, "sslmode": sslmode, "sslrootcert": sslrootcert}
+    return _join_for(db, role, password, **where)
 
 
 def _no_such_student(name: str) -> GanpoolError:

@@ -98,6 +98,18 @@ def test_controls_need_the_instructor(live):
         assert instructor.post("/api/runs/live/explode").status_code in (404, 422)
 
 
+def test_a_control_the_run_is_not_in_a_state_for_is_refused_with_the_reason(live):
+    deadline = time.monotonic() + 30  # the coordinator starts the run
+    while httpx.get(live["url"] + "/api/runs/live/progress").json()["status"] != "running":
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.2)
+    with httpx.Client(base_url=live["url"]) as instructor:
+        assert instructor.post("/api/login", json={"password": PASSWORD}).status_code == 200
+        answer = instructor.post("/api/runs/live/resume")  # it is running
+    assert answer.status_code == 409
+    assert answer.json()["detail"] == "run 'live' is already running"
+
+
 def test_the_viewer_login_really_is_read_only(live):
     with (
         connect(live["viewer_url"]) as conn,

@@ -3,5 +3,5 @@ that a plain install says which extra to add instead of failing on an import."""
 
 from ganpool.extras import require
 
-for _module in ("fastapi", "uvicorn", "jinja2", "psycopg_pool"):
+for _module in ("fastapi", "uvicorn", "jinja2"):  # its connection pool: ganpool.store.pool
     require(_module, "dashboard", "the dashboard")

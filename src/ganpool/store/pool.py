@@ -8,11 +8,13 @@ from contextlib import contextmanager
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
 
 from ganpool.errors import DatabaseUnavailable, NotAllowed
+from ganpool.extras import require
 from ganpool.store.connection import session_conninfo
 from ganpool.store.instructor import InstructorStore
+
+ConnectionPool = require("psycopg_pool", "dashboard", "the dashboard").ConnectionPool
 
 
 class StorePool:
