@@ -59,5 +59,6 @@ class Heartbeat(threading.Thread):
 
 
 def _close(store: WorkerStore | None) -> None:
+    """Close a connection that may be gone already; None, for `store = _close(store)`."""
     if store is not None:
         store.close()

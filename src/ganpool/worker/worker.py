@@ -41,14 +41,13 @@ hand-offs. What is done to one unit is plain functions in ganpool.worker.unit.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import socket
 import threading
 import time
 from collections.abc import Callable
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +101,17 @@ def device_label(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
+def open_images(dsn: str, run: Run, data_path: Path | None):
+    """Where the worker reads a unit's images: the run's images in the database, fetched per
+    unit, or the local copy, refused unless its fingerprint is the run's."""
+    cfg = run.config
+    if cfg.data_source == "database":
+        return DatabaseImages(dsn, run.fingerprint, run.dataset_size, cfg.image_size, cfg.channels)
+    dataset = open_dataset(cfg.dataset, cfg.image_size, cfg.channels, data_path)
+    check_fingerprint(dataset, run.fingerprint, run.dataset_size)
+    return dataset
+
+
 @dataclass
 class Prepared:
     """A claimed unit with everything its computation needs, ready before it is needed."""
@@ -140,15 +150,7 @@ class Worker:
         self.on_unit = on_unit
         self.max_units = max_units  # stop after this many units; 0 = until the run ends
         self.compute_unit = compute_unit or compute_by_rule
-        if self.cfg.data_source == "database":  # nothing to download: fetch per unit
-            self.dataset = DatabaseImages(
-                dsn, run.fingerprint, run.dataset_size, self.cfg.image_size, self.cfg.channels
-            )
-        else:
-            self.dataset = open_dataset(
-                self.cfg.dataset, self.cfg.image_size, self.cfg.channels, data_path
-            )
-            check_fingerprint(self.dataset, run.fingerprint, run.dataset_size)
+        self.dataset = open_images(dsn, run, data_path)
         self.g, self.d = build_models(self.cfg.model, self.cfg.seed)
         self.g.to(self.device)
         self.d.to(self.device)
@@ -249,10 +251,8 @@ class Worker:
             if item is _END:
                 return
             base = self.cfg.base_version(item.unit.version)
-            # Local steps move the weights: every unit reloads them.
-            start_from(
-                self.g, self.d, item.weights, base != loaded or self.cfg.update_rule == "local"
-            )
+            reload = base != loaded or self.cfg.update_rule == "local"  # local steps move them
+            start_from(self.g, self.d, item.weights, reload)
             loaded = base
             self._outbox.put(self._compute(item))
             computed += 1
@@ -393,8 +393,7 @@ class Worker:
                 store = self._submit(store, backoff, unit, submission, packer.pack(unit, tensors))
                 self._hold(unit, False)
         finally:
-            if store is not None:
-                store.close()
+            _close(store)
 
     def _submit(
         self,
@@ -414,9 +413,7 @@ class Worker:
                 backoff.reset()
                 return store
             except CONNECTION_ERRORS as e:
-                if store is not None:
-                    store.close()
-                store = None
+                store = _close(store)
                 backoff.wait(e)
 
     def _report(self, store: WorkerStore, unit: ClaimedUnit, verdict: Verdict) -> None:
@@ -446,12 +443,18 @@ class Worker:
             log.warning("could not leave the run cleanly (the lease will expire): %s", e)
 
 
+def _close(store: WorkerStore | None) -> None:
+    """Close a connection that may be gone already; None, for `store = _close(store)`."""
+    if store is not None:
+        store.close()
+
+
 def _offer(q: queue.Queue, item: object) -> None:
-    with contextlib.suppress(queue.Full):
+    with suppress(queue.Full):
         q.put_nowait(item)
 
 
 def _drain(q: queue.Queue) -> None:
-    with contextlib.suppress(queue.Empty):
+    with suppress(queue.Empty):
         while True:
             q.get_nowait()
