@@ -1,8 +1,9 @@
 """A dataset served from PostgreSQL: loaded once by the instructor, fetched per unit by workers.
 
-`load_dataset` COPYs every image, encoded as it is on disk, in binary; `DatabaseImages`
-fetches the images of the units a worker claims (a few hundred KB per unit against ~25 MB
-of gradients) and keeps the most recent ones in memory.
+`load_dataset` COPYs every image, encoded as it is on disk, in binary
+(`DatasetStore.load_images`); `DatabaseImages` fetches the images of the units a worker
+claims (`WorkerStore.dataset_images`: a few hundred KB per unit against ~25 MB of
+gradients) and keeps the most recent ones in memory.
 """
 
 from __future__ import annotations
