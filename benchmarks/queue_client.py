@@ -12,23 +12,17 @@ import sys
 import time
 from pathlib import Path
 
-from ganpool.store import Store, connect
-from ganpool.store.submission import submission, upload_result
+from ganpool.store.worker import Submission, WorkerStore
 
 
 def main(dsn: str, run_id: str, name: str, out: str, start_at: str) -> None:
-    store = Store(connect(dsn))
-    worker_id = store.one(
-        "register_worker", run_id=int(run_id), name=name, hostname="bench", device="cpu"
-    )["worker_id"]
+    store = WorkerStore.open(dsn)
+    worker_id = store.register(int(run_id), name, hostname="bench", device="cpu")
     time.sleep(max(0.0, float(start_at) - time.time()))  # all clients start together
     done = []
-    while True:
-        unit = store.one("claim_unit", worker_id=worker_id)
-        if unit is None:
-            break
-        fields = submission(worker_id, unit)
-        if upload_result(store, fields, b"x" * 64)["accepted"]:  # the worker's own submission
+    while (unit := store.claim_unit(worker_id)) is not None:
+        submission = Submission(worker_id, unit.unit_id, unit.attempt)
+        if store.submit_result(submission, b"x" * 64).accepted:  # the worker's own submission
             done.append(time.time())
     store.close()
     Path(out).write_text(json.dumps(done))

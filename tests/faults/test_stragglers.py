@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from ganpool.training.gradients import unit_gradients
 from ganpool.worker import Worker
+from ganpool.worker.unit import compute_by_rule
 from tests.helpers import make_run
 from tests.security.classroom import LiveClass, Student
 
@@ -57,19 +57,17 @@ def test_a_dropout_mid_step_completes_through_a_backup_unit(embedded_db, capsys)
         live.close()
 
 
-class SlowLaptop(Worker):
-    """An honest worker five seconds slower per unit than the rest of the class."""
-
-    @staticmethod
-    def compute(*args):
-        time.sleep(5.0)
-        return unit_gradients(*args)
+def slow_laptop(*args):
+    """An honest worker's computation, five seconds slower per unit than the rest of the
+    class's."""
+    time.sleep(5.0)
+    return compute_by_rule(*args)
 
 
 def _rate_with_a_slow_laptop(dsn: str, name: str, backup_after: float) -> float:
     run = _defaults_run(dsn, name, backup_after=backup_after, unit_size=10)
     live = LiveClass(dsn, run, honest=2)
-    slow = SlowLaptop(dsn, run, "slow", device="cpu", poll_s=0.1)
+    slow = Worker(dsn, run, "slow", device="cpu", poll_s=0.1, compute_unit=slow_laptop)
     live.workers.append(slow)
     live.threads.start(slow.serve)
     try:

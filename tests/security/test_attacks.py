@@ -7,31 +7,30 @@ import pytest
 import torch
 
 from ganpool.coordinator import Coordinator
-from ganpool.training.gradients import UnitResult, unit_gradients
+from ganpool.training.gradients import UnitResult
 from ganpool.worker import Worker
+from ganpool.worker.unit import ComputeUnit, compute_by_rule
 from tests.helpers import Threads, make_run
 
 STEPS = 6
 
 
-def _scaled(factor: float):
+def _scaled(factor: float) -> ComputeUnit:
+    """A cheat: the honest unit's gradients, times `factor`."""
+
     def compute(*args) -> UnitResult:
-        r = unit_gradients(*args)
+        r = compute_by_rule(*args)
         r.tensors = {k: v * factor if k.startswith("grad.") else v for k, v in r.tensors.items()}
         return r
 
-    return staticmethod(compute)
+    return compute
 
 
-class Scaled1000(Worker):
-    compute = _scaled(1000.0)
+scaled_1000 = _scaled(1000.0)
+sign_flipper = _scaled(-1.0)
 
 
-class SignFlipper(Worker):
-    compute = _scaled(-1.0)
-
-
-def _train(dsn, run, honest: int, cheat: type[Worker] | None, cheat_may_be_refused=False):
+def _train(dsn, run, honest: int, cheat: ComputeUnit | None, cheat_may_be_refused=False):
     threads = Threads()
     coordinator = Coordinator(dsn, run, poll_s=0.1)
     threads.start(coordinator.serve)
@@ -43,7 +42,7 @@ def _train(dsn, run, honest: int, cheat: type[Worker] | None, cheat_may_be_refus
         threads.start(w.serve)
     cheater = None
     if cheat is not None:
-        cheater = cheat(dsn, run, "cheat", device="cpu", poll_s=0.1)
+        cheater = Worker(dsn, run, "cheat", device="cpu", poll_s=0.1, compute_unit=cheat)
         cheater.claim_ahead = False
 
         def serve_cheat() -> None:
@@ -69,7 +68,7 @@ def test_one_1000x_worker_among_three_honest_ones(embedded_db, servers, rule):
     honest_run = make_run(embedded_db, "honest", **common)
     baseline, _, _ = _train(embedded_db, honest_run, honest=4, cheat=None)
     attacked_run = make_run(embedded_db, "attacked", aggregation=rule, **common)
-    attacked, _, cheater = _train(embedded_db, attacked_run, honest=3, cheat=Scaled1000)
+    attacked, _, cheater = _train(embedded_db, attacked_run, honest=3, cheat=scaled_1000)
     assert attacked.version == STEPS  # training went on
     assert cheater.progress.units > 0  # and the attacker's results were part of it
 
@@ -99,7 +98,7 @@ def test_the_plain_mean_is_poisoned_by_the_same_attack(embedded_db):
     common = {"unit_size": 10, "results_per_step": 4, "max_steps": 2, "norm_z_max": 0.0}
     baseline, _, _ = _train(embedded_db, make_run(embedded_db, "h", **common), honest=4, cheat=None)
     attacked, _, _ = _train(
-        embedded_db, make_run(embedded_db, "a", **common), honest=3, cheat=Scaled1000
+        embedded_db, make_run(embedded_db, "a", **common), honest=3, cheat=scaled_1000
     )
     ratio = (_adam_second_moment(attacked).max() / _adam_second_moment(baseline).max()).item()
     assert ratio > 1e3, ratio
@@ -116,7 +115,7 @@ def test_a_sign_flipper_is_caught_by_spot_checks_held_out_and_disabled(embedded_
         disable_below_trust=0.3,
     )
     coordinator, _, flipper = _train(
-        embedded_db, run, honest=2, cheat=SignFlipper, cheat_may_be_refused=True
+        embedded_db, run, honest=2, cheat=sign_flipper, cheat_may_be_refused=True
     )
     assert coordinator.version == 10
     from ganpool.store import connect

@@ -12,7 +12,8 @@ import pytest
 from ganpool.coordinator import Coordinator
 from ganpool.errors import GanpoolError, LoginRefused
 from ganpool.store import Store, connect
-from ganpool.store.submission import submission, upload_result
+from ganpool.store.submission import submission
+from ganpool.store.worker import Submission, WorkerStore
 from ganpool.students import add_student, disable_student, enable_student, remove_student
 from tests.helpers import make_run
 
@@ -235,9 +236,10 @@ def test_a_payload_by_copy_goes_only_to_the_students_own_waiting_result(klass):
     with pytest.raises(Denied, match="not awaiting a payload"):
         bob.copy_in("copy_payload", types=["int8", "bytea"], row=row)
     # Alice's own upload, the worker's way: result and payload in one transaction.
-    unit = alice.one("claim_unit", worker_id=mine)
-    payload = b"\x07" * (2 << 20)
-    assert upload_result(alice, submission(mine, unit), payload)["accepted"]
+    worker = WorkerStore.of(alice)
+    unit = worker.claim_unit(mine)
+    payload = b"\x07" * (2 << 20)  # over COPY_FROM_BYTES: it streams in by COPY
+    assert worker.submit_result(Submission(mine, unit.unit_id, unit.attempt), payload).accepted
     stored = klass["instructor"].copy_out_blob(
         "copy_result_payload",
         result_id=klass["instructor"].one("arrived_results", run_id=run.id, version=0)["id"],

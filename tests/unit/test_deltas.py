@@ -7,9 +7,11 @@ import torch
 from ganpool.coordinator.screening import Screening
 from ganpool.errors import PayloadError
 from ganpool.models.dcgan import build_models
+from ganpool.protocol.vocabulary import Phase
 from ganpool.serialization import deltas
 from ganpool.serialization.tensors import Packer, manifest_of, pack
 from ganpool.settings import load_run_config
+from ganpool.store.worker import ClaimedUnit
 from ganpool.training.gradients import result_manifest
 from ganpool.training.local_steps import local_unit, payload_manifest, payload_tensors
 from ganpool.training.stand_in import stand_in
@@ -80,7 +82,7 @@ def test_the_payload_of_each_dtype_is_checked_and_decoded_by_the_screening():
 def int8_setup():
     cfg = load_run_config(overrides={"update_rule": "local", "delta_dtype": "int8"})
     g, d = build_models(cfg.model, cfg.seed)
-    unit = {"indices": list(range(4)), "phase": "both", "noise_seed": 1}
+    unit = ClaimedUnit(1, 0, 0, Phase.BOTH, indices=tuple(range(4)), noise_seed=1)
     result = stand_in(1e9)(g, d, None, unit, cfg)
     wire = payload_tensors(cfg, result.tensors)
     return Screening(0, cfg, g, d), wire
@@ -115,7 +117,7 @@ def test_a_stand_in_result_passes_and_malformed_payloads_are_refused(int8_setup)
 def test_payload_sizes_shrink_by_dtype_and_decode_to_the_float32_manifest():
     cfg = load_run_config(overrides={"update_rule": "local"})
     g, d = build_models(cfg.model, cfg.seed)
-    unit = {"indices": [0], "phase": "both"}
+    unit = ClaimedUnit(1, 0, 0, Phase.BOTH, indices=(0,), noise_seed=0)
     sizes = {}
     for dtype in ("float32", "bfloat16", "int8"):
         c = cfg.replace(delta_dtype=dtype)

@@ -1,8 +1,9 @@
 """A dataset served from PostgreSQL: loaded once by the instructor, fetched per unit by workers.
 
-`load_dataset` COPYs every image, encoded as it is on disk, in binary; `DatabaseImages`
-fetches the images of the units a worker claims (a few hundred KB per unit against ~25 MB
-of gradients) and keeps the most recent ones in memory.
+`load_dataset` COPYs every image, encoded as it is on disk, in binary
+(`DatasetStore.load_images`); `DatabaseImages` fetches the images of the units a worker
+claims (`WorkerStore.dataset_images`: a few hundred KB per unit against ~25 MB of
+gradients) and keeps the most recent ones in memory.
 """
 
 from __future__ import annotations
@@ -13,32 +14,25 @@ import torch
 
 from ganpool.data.datasets import Dataset, check_images, decode
 from ganpool.errors import DatasetMismatch
-from ganpool.store import Store, connect
-from ganpool.store.queries import named_queries
+from ganpool.store import Store
+from ganpool.store.datasets import DatasetStore
+from ganpool.store.worker import WorkerStore
 
 CACHE_IMAGES = 4096  # encoded images kept in memory (about 40 MB of CelebA JPEGs)
 
 
 def load_dataset(store: Store, dataset: Dataset, image_size: int, channels: int) -> dict:
     """Store every image of `dataset` under its fingerprint; idempotent, restartable."""
-    fp = dataset.fingerprint
     check_images(dataset)  # nothing is stored if one image would fail every worker
-    with store.tx():
-        store.execute(
-            "begin_dataset",
-            fingerprint=fp,
-            kind=dataset.kind,
-            size=len(dataset),
-            image_size=image_size,
-            channels=channels,
-        )
-        store.execute("clear_dataset_images", fingerprint=fp)
-        with store.conn.cursor() as cur, cur.copy(named_queries()["copy_dataset_images"]) as copy:
-            copy.set_types(["text", "int4", "bytea"])
-            for i in range(len(dataset)):
-                copy.write_row((fp, i, dataset.encoded(i)))
-        done = store.one("finish_dataset", fingerprint=fp)
-    return {"fingerprint": fp, "images": done["size"], "bytes": done["bytes"]}
+    done = DatasetStore.of(store).load_images(
+        dataset.fingerprint,
+        dataset.kind,
+        image_size,
+        channels,
+        (dataset.encoded(i) for i in range(len(dataset))),
+        size=len(dataset),
+    )
+    return {"fingerprint": done.fingerprint, "images": done.images, "bytes": done.bytes}
 
 
 class DatabaseImages:
@@ -47,10 +41,9 @@ class DatabaseImages:
     def __init__(self, dsn: str, fingerprint: str, size: int, image_size: int, channels: int):
         self.dsn, self.fingerprint = dsn, fingerprint
         self.image_size, self.channels = image_size, channels
-        self._store: Store | None = None
+        self._store: WorkerStore | None = None
         self._cache: OrderedDict[int, bytes] = OrderedDict()
-        row = self._db().one("dataset_by_fingerprint", fingerprint=fingerprint)
-        if row is None or row["size"] != size:
+        if self._db().loaded_dataset_size(fingerprint) != size:
             self.close()
             raise DatasetMismatch(
                 f"the run's images ({fingerprint}) are not loaded in this database: "
@@ -58,9 +51,9 @@ class DatabaseImages:
             )
         self.size = size
 
-    def _db(self) -> Store:
-        if self._store is None or self._store.conn.closed:
-            self._store = Store(connect(self.dsn))
+    def _db(self) -> WorkerStore:
+        if self._store is None or self._store.closed:
+            self._store = WorkerStore.open(self.dsn)
         return self._store
 
     def __len__(self) -> int:
@@ -69,13 +62,7 @@ class DatabaseImages:
     def batch(self, indices: list[int]) -> torch.Tensor:
         missing = sorted({i for i in indices if i not in self._cache})
         if missing:
-            with self._db().conn.cursor(binary=True) as cur:
-                cur.execute(
-                    named_queries()["dataset_images"],
-                    {"fingerprint": self.fingerprint, "indices": missing},
-                )
-                for row in cur.fetchall():
-                    self._cache[row["idx"]] = bytes(row["image"])
+            self._cache.update(self._db().dataset_images(self.fingerprint, missing))
             while len(self._cache) > CACHE_IMAGES:
                 self._cache.popitem(last=False)
         for i in indices:

@@ -1,4 +1,5 @@
-"""A worker's submission of a result, the one write on its hot path (no torch needed here)."""
+"""A worker's submission of a result, the one write on its hot path (no torch needed here):
+`WorkerStore.submit_result` sends it; tests and benchmarks may call `upload_result` direct."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ def submission(
     d_fake: float = 0.5,
     compute_seconds: float = 0.0,
 ) -> dict:
-    """The fields a submission sends besides its payload, for a claimed `unit`."""
+    """The fields a submission sends besides its payload, for a claimed `unit` row (for
+    tests and benchmarks that call the worker functions by name; a worker sends a
+    `WorkerStore.submit_result`)."""
     return {
         "worker_id": worker_id,
         "unit_id": unit["unit_id"],

@@ -16,6 +16,7 @@ import torch
 
 from ganpool.models.dcgan import Discriminator, Generator
 from ganpool.settings import RunConfig
+from ganpool.store.worker import ClaimedUnit
 from ganpool.training.gradients import UnitResult, float_buffers, result_manifest
 
 SCALE = 1e-4  # of the stand-in gradients or weight changes: small, so nothing diverges
@@ -25,9 +26,13 @@ def stand_in(images_per_s: float) -> Callable[..., UnitResult]:
     made: dict[str, dict[str, torch.Tensor]] = {}  # random tensors, drawn once per phase
 
     def compute_unit(
-        g: Generator, d: Discriminator, real: torch.Tensor | None, unit: dict, cfg: RunConfig
+        g: Generator,
+        d: Discriminator,
+        real: torch.Tensor | None,
+        unit: ClaimedUnit,
+        cfg: RunConfig,
     ) -> UnitResult:
-        phase = "both" if cfg.update_rule == "local" else unit["phase"]
+        phase = "both" if cfg.update_rule == "local" else unit.phase
         if phase not in made:
             noise = torch.Generator().manual_seed(len(made))
             made[phase] = {
@@ -35,7 +40,7 @@ def stand_in(images_per_s: float) -> Callable[..., UnitResult]:
                 for k, (shape, _) in result_manifest(g, d, phase).items()
                 if k.startswith("grad.")
             }
-        time.sleep(len(unit["indices"]) / images_per_s)
+        time.sleep(len(unit.indices) / images_per_s)
         tensors = dict(made[phase])
         if phase != "G":  # the base version's statistics: what some batch could give
             for prefix, net in (("G", g), ("D", d)):

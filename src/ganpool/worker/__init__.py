@@ -1,3 +1,4 @@
-from ganpool.worker.worker import Worker, WorkerProgress
+from ganpool.worker.progress import WorkerProgress
+from ganpool.worker.worker import Worker
 
 __all__ = ["Worker", "WorkerProgress"]

@@ -1,9 +1,11 @@
 """The worker: claim a unit, compute its gradients on the version it names, submit them.
 
 Protocol (see docs/protocol.md). A worker's whole interface to the database is a handful
-of functions, each one transaction (migration 0002): `ganpool_register`,
-`ganpool_heartbeat`, `ganpool_claim`, `ganpool_submit`, `ganpool_release`,
-`ganpool_leave`, plus reading the run's configuration and published weights.
+of functions, each one transaction (`ganpool_register`, `ganpool_heartbeat`,
+`ganpool_claim`, `ganpool_submit`, `ganpool_release`, `ganpool_leave`; their text is in
+schema.sql), plus reading the run's state and published weights: `WorkerStore`
+(ganpool.store.worker) makes each call. This module is the pipeline: its threads and their
+hand-offs. What is done to one unit is plain functions in ganpool.worker.unit.
 
 1. Register (name, host, device) and check the local dataset's fingerprint against the
    run's: a mismatch refuses to start.
@@ -17,13 +19,16 @@ of functions, each one transaction (migration 0002): `ganpool_register`,
    - the compute thread (the caller's) resets both networks to the unit's version and
      computes its gradients (ganpool.training.gradients), unit after unit; under the local
      rule it trains them for the unit's batches and sends the weight change
-     (ganpool.training.local_steps). `compute_unit` replaces that computation (a benchmark's
-     stand-in for a GPU: ganpool.training.stand_in).
+     (ganpool.training.local_steps): `unit.compute_by_rule`. The constructor's
+     `compute_unit` replaces it (a benchmark's stand-in for a GPU:
+     ganpool.training.stand_in; a test's cheat).
    - the uploader (its own connection) packs each result into a reused safetensors buffer,
-     in the run's transport dtype, and submits it as a binary parameter while the next unit
-     computes. The database records the result and completes the unit in one transaction,
-     or refuses with a reason (stale, lease lost, run ended) that the worker reports.
-   A heartbeat thread extends the lease of every unit the worker holds.
+     in the run's transport dtype, and submits it (a parameter, or COPY when large) while
+     the next unit computes. The database records the result and completes the unit in
+     one transaction, or refuses with a reason (stale, lease lost, run ended) that the
+     worker reports.
+   A heartbeat thread (ganpool.worker.heartbeat) extends the lease of every unit the
+   worker holds.
    Notifications are hints (anyone connected may send one): once a worker's claims have come
    back empty three times in a row, it claims at most IDLE_CLAIMS_PER_S times a second,
    however many notifications arrive.
@@ -36,15 +41,14 @@ of functions, each one transaction (migration 0002): `ganpool_register`,
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import closing, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -55,42 +59,31 @@ from ganpool.events import OnEvent, ignore
 from ganpool.models.dcgan import build_models
 from ganpool.notices import Notice
 from ganpool.protocol.vocabulary import RUN_OVER, Phase, RunStatus
-from ganpool.runs import Run, coordinator_alive
-from ganpool.serialization.tensors import Packer, manifest_of, unpack
-from ganpool.settings import RunConfig
-from ganpool.store import Store, connect
+from ganpool.runs import Run
+from ganpool.serialization.tensors import manifest_of
 from ganpool.store.notifications import Listener
 from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff, Outage, Pace
-from ganpool.store.submission import submission, upload_result
-from ganpool.throughput import RecentImages
-from ganpool.training.gradients import UnitResult, unit_gradients
-from ganpool.training.local_steps import local_unit, payload_manifest, payload_tensors
-from ganpool.training.state import load_weights, reset_buffers, weights_of
+from ganpool.store.worker import ClaimedUnit, Submission, Verdict, WorkerStore, version_listener
+from ganpool.training.state import weights_of
+from ganpool.worker.heartbeat import Heartbeat
+from ganpool.worker.progress import WorkerProgress
+from ganpool.worker.timing import ClaimTiming
+from ganpool.worker.unit import (
+    BadImage,
+    ComputeUnit,
+    ResultPacker,
+    compute_by_rule,
+    download_weights,
+    load_images,
+    start_from,
+    submission_of,
+)
 
 log = logging.getLogger(__name__)
 
 # An idle worker's empty claims, whatever wakes it: 3 in a row at once after it last found
 # work, then 10 a second.
 IDLE_CLAIMS_PER_S = 10.0
-
-
-@dataclass
-class WorkerProgress:
-    version: int = -1
-    units: int = 0
-    images: int = 0
-    rejected: int = 0
-    place: int = 0  # on the run's leaderboard (0 = not ranked yet)
-    of_workers: int = 0
-    compute_s: float = 0.0
-    started: float = 0.0
-    last_message: str = ""
-    recent: RecentImages = field(default_factory=RecentImages)
-
-    @property
-    def images_per_s(self) -> float:
-        """This worker's share of the run's speed, measured the run's way (ganpool.throughput)."""
-        return self.recent.rate()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,75 +96,40 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class Heartbeat(threading.Thread):
-    """Keeps the worker alive and the leases of the units it holds extended, on a connection
-    of its own."""
+def device_label(device: torch.device) -> str:
+    """What the run's worker list shows: the GPU's model, else the device type."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
-    def __init__(
-        self,
-        dsn: str,
-        worker_id: int,
-        interval: float,
-        held: Callable[[], list],
-        outage: Outage | None = None,
-    ):
-        super().__init__(daemon=True, name="ganpool-heartbeat")
-        self.dsn, self.worker_id, self.interval = dsn, worker_id, interval
-        self.outage = outage or Outage()
-        self.held = held  # () -> [(unit_id, attempt), ...] held now
-        self.lost = threading.Event()
-        self._stop = threading.Event()
 
-    def run(self) -> None:
-        store = None
-        while not self._stop.wait(self.interval):
-            try:
-                store = store or Store(connect(self.dsn))
-                for unit_id, attempt in self.held() or [(None, None)]:
-                    holds = store.one(
-                        "heartbeat", worker_id=self.worker_id, unit_id=unit_id, attempt=attempt
-                    )
-                    if unit_id is not None and not holds["holds"]:
-                        self.lost.set()
-                self.outage.back()
-            except Exception as e:  # a dropped connection: reconnect on the next beat
-                if isinstance(e, CONNECTION_ERRORS):
-                    self.outage.lost(e)
-                else:
-                    log.warning("heartbeat failed: %s", e)
-                if store is not None:
-                    store.close()
-                store = None
-        if store is not None:
-            store.close()
-
-    def stop(self) -> None:
-        self._stop.set()
+def open_images(dsn: str, run: Run, data_path: Path | None):
+    """Where the worker reads a unit's images: the run's images in the database, fetched per
+    unit, or the local copy, refused unless its fingerprint is the run's."""
+    cfg = run.config
+    if cfg.data_source == "database":
+        return DatabaseImages(dsn, run.fingerprint, run.dataset_size, cfg.image_size, cfg.channels)
+    dataset = open_dataset(cfg.dataset, cfg.image_size, cfg.channels, data_path)
+    check_fingerprint(dataset, run.fingerprint, run.dataset_size)
+    return dataset
 
 
 @dataclass
 class Prepared:
     """A claimed unit with everything its computation needs, ready before it is needed."""
 
-    unit: dict
+    unit: ClaimedUnit
     weights: dict[str, torch.Tensor]
     real: torch.Tensor | None
 
 
 _END = object()  # no more units: the run ended, or the worker is stopping
 
-# What computes one unit, given the worker's networks (already on the unit's base version),
-# the unit's images (None in a G phase), the claimed unit and the run's settings. The
-# default trains; a benchmark passes a stand-in (ganpool.training.stand_in).
-ComputeUnit = Callable[
-    [torch.nn.Module, torch.nn.Module, torch.Tensor | None, dict, RunConfig], UnitResult
-]
-
 
 class Worker:
-    compute = staticmethod(unit_gradients)  # the unit's computation (tests swap in a cheat)
     # Claim the next unit shortly before the current one is computed (False: only when idle).
     claim_ahead = True
+    # A worker waits between versions all the time (that is a step being formed): only a
+    # wait longer than this, with no coordinator holding the run, is worth a line.
+    NO_COORDINATOR_AFTER_S = 10.0
 
     def __init__(
         self,
@@ -191,16 +149,8 @@ class Worker:
         self.poll_s = poll_s
         self.on_unit = on_unit
         self.max_units = max_units  # stop after this many units; 0 = until the run ends
-        self.compute_unit = compute_unit  # None: the run's rule (see _compute)
-        if self.cfg.data_source == "database":  # nothing to download: fetch per unit
-            self.dataset = DatabaseImages(
-                dsn, run.fingerprint, run.dataset_size, self.cfg.image_size, self.cfg.channels
-            )
-        else:
-            self.dataset = open_dataset(
-                self.cfg.dataset, self.cfg.image_size, self.cfg.channels, data_path
-            )
-            check_fingerprint(self.dataset, run.fingerprint, run.dataset_size)
+        self.compute_unit = compute_unit or compute_by_rule
+        self.dataset = open_images(dsn, run, data_path)
         self.g, self.d = build_models(self.cfg.model, self.cfg.seed)
         self.g.to(self.device)
         self.d.to(self.device)
@@ -216,16 +166,8 @@ class Worker:
         self._held_lock = threading.Lock()
         self._ready: queue.Queue = queue.Queue(maxsize=1)  # fetcher -> compute
         self._outbox: queue.Queue = queue.Queue(maxsize=2)  # compute -> uploader
-        # When the current computation should end (monotonic), None while compute is idle:
-        # the fetcher claims the next unit only shortly before then, so a busy worker never
-        # sits on a unit an idle one could be computing.
-        self._busy_until: float | None = None
-        # Units handed to the compute thread and not yet computed (0, 1 or 2), with the lock
-        # that keeps it and _busy_until consistent for the fetcher.
-        self._in_hand = 0
-        self._turn = threading.Lock()
-        self._prepare_s = 0.3  # how long claiming + downloading took, smoothed
-        self._recent_compute_s: deque[float] = deque([1.0], maxlen=4)
+        self._timing = ClaimTiming()
+        self._weights: tuple[int, dict[str, torch.Tensor]] | None = None  # fetcher's, by base
         self._seen_rejection = 0
         self._standing_version = -1
         self.outage = Outage()  # one line when the database goes, one when it is back
@@ -243,23 +185,12 @@ class Worker:
 
     def serve(self) -> WorkerProgress:
         """Work until the run ends (or `stop()`); ride out database restarts with backoff."""
-        store = Store(connect(self.dsn))
-        try:
-            device_name = self.device.type
-            if self.device.type == "cuda":
-                device_name = torch.cuda.get_device_name(self.device)
-            self.worker_id = store.one(
-                "register_worker",
-                run_id=self.run.id,
-                name=self.name,
-                hostname=socket.gethostname(),
-                device=device_name,
-            )["worker_id"]
-        finally:
-            store.close()
-        heartbeat = Heartbeat(
-            self.dsn, self.worker_id, max(0.2, self.cfg.lease_s / 3), self._held_units, self.outage
-        )
+        with closing(WorkerStore.open(self.dsn)) as store:
+            self.worker_id = store.register(
+                self.run.id, self.name, socket.gethostname(), device_label(self.device)
+            )
+        interval = max(0.2, self.cfg.lease_s / 3)
+        heartbeat = Heartbeat(self.dsn, self.worker_id, interval, self._held_units, self.outage)
         fetcher = threading.Thread(target=self._guarded(self._fetch), name="ganpool-fetch")
         uploader = threading.Thread(target=self._guarded(self._upload), name="ganpool-upload")
         for t in (heartbeat, fetcher, uploader):
@@ -300,15 +231,17 @@ class Worker:
         with self._held_lock:
             return list(self._held.items())
 
-    def _hold(self, unit: dict, held: bool) -> None:
+    def _hold(self, unit: ClaimedUnit, held: bool) -> None:
         with self._held_lock:
             if held:
-                self._held[unit["unit_id"]] = unit["attempt"]
+                self._held[unit.unit_id] = unit.attempt
             else:
-                self._held.pop(unit["unit_id"], None)
+                self._held.pop(unit.unit_id, None)
+
+    # -- the compute thread (the caller's) ------------------------------------------------
 
     def _compute_loop(self) -> None:
-        loaded = -1
+        loaded = -1  # the base version whose parameters the networks hold
         computed = 0
         while not self._stopping.is_set():
             try:
@@ -317,135 +250,115 @@ class Worker:
                 continue
             if item is _END:
                 return
-            unit = item.unit
-            base = self.cfg.base_version(unit["version"])
-            if base != loaded or self.cfg.update_rule == "local":  # local steps move weights
-                load_weights(self.g, self.d, item.weights)
-                loaded = base
-            else:  # the parameters are the version's still; the statistics moved
-                reset_buffers(self.g, self.d, item.weights)
-            t0 = time.perf_counter()
-            with self._turn:
-                # The quickest recent unit: a claim too early costs little, one too late
-                # leaves the compute idle (units slow down while uploads share the CPU).
-                self._busy_until = time.monotonic() + min(self._recent_compute_s)
-            self.on_event("compute_start", unit["version"], unit["unit_id"])
-            real = None if item.real is None else item.real.to(self.device, non_blocking=True)
-            result = self._compute(unit, real)
-            seconds = time.perf_counter() - t0
-            with self._turn:
-                self._busy_until = None
-                self._in_hand -= 1
-            self.on_event("compute_end", unit["version"], unit["unit_id"])
-            self.progress.compute_s += seconds
-            self._recent_compute_s.append(seconds)
-            fields = submission(
-                self.worker_id,
-                unit,
-                g_loss=result.g_loss,
-                d_loss=result.d_loss,
-                d_real=result.d_real,
-                d_fake=result.d_fake,
-                compute_seconds=seconds,
-            )
-            self._outbox.put((unit, fields, result.tensors))
+            base = self.cfg.base_version(item.unit.version)
+            reload = base != loaded or self.cfg.update_rule == "local"  # local steps move them
+            start_from(self.g, self.d, item.weights, reload)
+            loaded = base
+            self._outbox.put(self._compute(item))
             computed += 1
             if self.max_units and computed >= self.max_units:
                 return
 
-    def _compute(self, unit: dict, real: torch.Tensor | None) -> UnitResult:
-        """One unit's result: the seam given to the constructor, else the run's rule."""
-        if self.compute_unit is not None:
-            return self.compute_unit(self.g, self.d, real, unit, self.cfg)
-        if self.cfg.update_rule == "local":
-            return local_unit(self.g, self.d, real, unit["noise_seed"], self.cfg)
-        n = len(unit["indices"])
-        return self.compute(self.g, self.d, real, unit["noise_seed"], self.cfg.nz, unit["phase"], n)
+    def _compute(self, item: Prepared) -> tuple[ClaimedUnit, Submission, dict[str, torch.Tensor]]:
+        """One unit's result, with the fields its submission sends."""
+        unit = item.unit
+        t0 = time.perf_counter()
+        self._timing.started()
+        self.on_event("compute_start", unit.version, unit.unit_id)
+        real = None if item.real is None else item.real.to(self.device, non_blocking=True)
+        result = self.compute_unit(self.g, self.d, real, unit, self.cfg)
+        seconds = time.perf_counter() - t0
+        self._timing.finished(seconds)
+        self.on_event("compute_end", unit.version, unit.unit_id)
+        self.progress.compute_s += seconds
+        return unit, submission_of(self.worker_id, unit, result, seconds), result.tensors
 
     # -- the fetcher: claim ahead, download on NOTIFY -----------------------------------
 
     def _fetch(self) -> None:
         backoff = Backoff(outage=self.outage)
         pace = Pace(IDLE_CLAIMS_PER_S)
-        weights: tuple[int, dict[str, torch.Tensor]] | None = None
         while not self._stopping.is_set():
-            store = listener = None
             try:
-                store = Store(connect(self.dsn))
-                listener = Listener(self.dsn, "listen_versions")
-                backoff.reset()
-                while not self._stopping.is_set():
-                    self._wait_for_turn()
-                    if self._stopping.is_set():
-                        return
-                    t0 = time.monotonic()
-                    self.claims += 1
-                    unit = store.one("claim_unit", worker_id=self.worker_id)
-                    if unit is None:  # nothing pending, or the run is not running
-                        self.empty_claims += 1
-                        state = store.one("run_state", run_id=self.run.id)
-                        if state["status"] in RUN_OVER:
-                            log.info("the run has %s", state["status"])
-                            self._stopping.set()
-                            _offer(self._ready, _END)
-                            return
-                        self._say_why_waiting(store, state["status"])
-                        # Nothing to do: sleep until the coordinator publishes, poll_s at most.
-                        notified = listener.wait(self.poll_s)
-                        if notified:
-                            # A notification is only a hint: a flood of them (anyone may send
-                            # one) must not turn into a flood of claims. What queued
-                            # meanwhile is one wake-up.
-                            pace.wait()
-                            listener.drain()
-                        continue
-                    self._hold(unit, True)
-                    self._idle_since = None
-                    self.waiting.clear()
-                    pace.reset()  # found work: the next wake-up is not held back
-                    self.on_event("claimed", unit["version"], unit["unit_id"])
-                    base = self.cfg.base_version(unit["version"])  # the weights it starts from
-                    if weights is None or weights[0] != base:
-                        blob = store.copy_out_blob(
-                            "copy_weights_at", run_id=self.run.id, version=base
-                        )
-                        if blob is None:  # pruned: the run has moved on past this unit
-                            log.info("version %d is no longer stored; giving the unit back", base)
-                            store.one(
-                                "release_unit",
-                                worker_id=self.worker_id,
-                                unit_id=unit["unit_id"],
-                                attempt=unit["attempt"],
-                            )
-                            self._hold(unit, False)
-                            continue
-                        tensors = unpack(blob, self.weights_manifest)
-                        if self.pin:
-                            tensors = {k: v.pin_memory() for k, v in tensors.items()}
-                        weights = (base, tensors)
-                    real = None
-                    if unit["phase"] != Phase.G:  # a G-phase unit: the same noise, no images
-                        real = self._load_images(store, unit)
-                        if real is None:
-                            continue  # reported and given back
-                        if self.pin:
-                            real = real.pin_memory()
-                    self._prepare_s = 0.7 * self._prepare_s + 0.3 * (time.monotonic() - t0)
-                    with self._turn:
-                        self._in_hand += 1
-                    self._ready.put(Prepared(unit, weights[1], real))
+                with (
+                    closing(WorkerStore.open(self.dsn)) as store,
+                    closing(version_listener(self.dsn)) as listener,
+                ):
+                    backoff.reset()
+                    self._fetch_units(store, listener, pace)
             except CONNECTION_ERRORS as e:
                 backoff.wait(e)  # then reconnect, re-LISTEN and catch up
-            finally:
-                for held in (store, listener):
-                    if held is not None:
-                        held.close()
 
-    # A worker waits between versions all the time (that is a step being formed): only a
-    # wait longer than this, with no coordinator holding the run, is worth a line.
-    NO_COORDINATOR_AFTER_S = 10.0
+    def _fetch_units(self, store: WorkerStore, listener: Listener, pace: Pace) -> None:
+        """Claim, prepare and hand over units, each when its turn comes, until stopping."""
+        while not self._stopping.is_set():
+            self._timing.wait_for_turn(self._stopping, self.claim_ahead)
+            if self._stopping.is_set():
+                return
+            t0 = time.monotonic()
+            unit = self._claim(store, listener, pace)
+            prepared = None if unit is None else self._prepare(store, unit)
+            if prepared is not None:
+                self._timing.prepared(time.monotonic() - t0)
+                self._ready.put(prepared)
 
-    def _say_why_waiting(self, store: Store, status: str) -> None:
+    def _claim(self, store: WorkerStore, listener: Listener, pace: Pace) -> ClaimedUnit | None:
+        """The next unit; None when there is none (after waiting for a NOTIFY, `poll_s` at
+        most), or when the run is over (the worker then stops)."""
+        self.claims += 1
+        unit = store.claim_unit(self.worker_id)
+        if unit is not None:
+            self._hold(unit, True)
+            self._idle_since = None
+            self.waiting.clear()
+            pace.reset()  # found work: the next wake-up is not held back
+            self.on_event("claimed", unit.version, unit.unit_id)
+            return unit
+        self.empty_claims += 1  # nothing pending, or the run is not running
+        status = store.run_status(self.run.id)
+        if status in RUN_OVER:
+            log.info("the run has %s", status)
+            self._stopping.set()
+            _offer(self._ready, _END)
+            return None
+        self._say_why_waiting(store, status)
+        if listener.wait(self.poll_s):
+            # A notification is only a hint: a flood of them (anyone may send one) must not
+            # turn into a flood of claims. What queued meanwhile is one wake-up.
+            pace.wait()
+            listener.drain()
+        return None
+
+    def _prepare(self, store: WorkerStore, unit: ClaimedUnit) -> Prepared | None:
+        """The unit with its weights and images; None when it was given back instead."""
+        base = self.cfg.base_version(unit.version)  # the weights it starts from
+        if self._weights is None or self._weights[0] != base:
+            tensors = download_weights(store, self.run.id, base, self.weights_manifest, self.pin)
+            if tensors is None:  # pruned: the run has moved on past this unit
+                log.info("version %d is no longer stored; giving the unit back", base)
+                store.release_unit(self.worker_id, unit)
+                self._hold(unit, False)
+                return None
+            self._weights = (base, tensors)
+        real = None
+        if unit.phase != Phase.G:  # a G-phase unit: the same noise, no images
+            real = load_images(self.dataset, unit.indices)
+            if isinstance(real, BadImage):
+                self._give_back(store, unit, real)
+                return None
+            if self.pin:
+                real = real.pin_memory()
+        return Prepared(unit, self._weights[1], real)
+
+    def _give_back(self, store: WorkerStore, unit: ClaimedUnit, bad: BadImage) -> None:
+        """Report a unit this worker cannot compute (naming the image), which gives it back."""
+        log.warning("cannot compute unit %d, reporting it: %s", unit.unit_id, bad.reason)
+        store.report_failure(self.worker_id, unit, bad.index, bad.reason[:300])
+        self._hold(unit, False)
+        self.failed_units += 1
+        self.progress.last_message = f"unit {unit.unit_id} given back: {bad.reason}"
+
+    def _say_why_waiting(self, store: WorkerStore, status: RunStatus) -> None:
         """One line when work stops coming for a reason the student should know."""
         now = time.monotonic()
         self._idle_since = self._idle_since or now
@@ -459,8 +372,8 @@ class Worker:
                 "created", "the run has not started: waiting for the instructor's coordinator",
                 ended="the run has started",
             )  # fmt: skip
-        elif now - self._idle_since >= self.NO_COORDINATOR_AFTER_S and not coordinator_alive(
-            store, self.run.id
+        elif now - self._idle_since >= self.NO_COORDINATOR_AFTER_S and not (
+            store.coordinator_alive(self.run.id)
         ):
             self.waiting.set(
                 "no coordinator", "no coordinator is running this run: waiting for it to "
@@ -468,116 +381,54 @@ class Worker:
                 ended="the coordinator is back: back to work",
             )  # fmt: skip
 
-    def _load_images(self, store: Store, unit: dict) -> torch.Tensor | None:
-        """The unit's images; None when one does not decode: then the unit is reported as
-        one this worker cannot compute (naming the image), and given back, rather than
-        crashing the worker and leaving the unit to crash the next one."""
-        try:
-            return self.dataset.batch(unit["indices"])
-        except CONNECTION_ERRORS:
-            raise
-        except Exception as e:
-            bad, reason = None, f"{type(e).__name__}: {e}"
-            for i in unit["indices"]:  # which image? (a unit has a few dozen)
-                try:
-                    self.dataset.batch([i])
-                except CONNECTION_ERRORS:
-                    raise
-                except Exception as one:
-                    bad, reason = i, f"image {i}: {type(one).__name__}: {one}"
-                    break
-        log.warning("cannot compute unit %d, reporting it: %s", unit["unit_id"], reason)
-        store.one(
-            "report_failure",
-            worker_id=self.worker_id,
-            unit_id=unit["unit_id"],
-            attempt=unit["attempt"],
-            image_index=bad,
-            reason=reason[:300],
-        )
-        self._hold(unit, False)
-        self.failed_units += 1
-        self.progress.last_message = f"unit {unit['unit_id']} given back: {reason}"
-        return None
-
-    def _wait_for_turn(self) -> None:
-        """Return when the compute thread has nothing in hand, or will be done with its one
-        unit within the time a claim and its download take (with margin): then the next
-        unit is ready just in time."""
-        while not self._stopping.is_set():
-            with self._turn:
-                in_hand, until = self._in_hand, self._busy_until
-            if in_hand == 0:
-                return
-            if in_hand == 1 and until is not None and self.claim_ahead:
-                # Lead by what preparing takes, but never by more than half a computation:
-                # a quick worker does not hoard units that idle workers are about to claim.
-                lead = min(max(0.1, 2 * self._prepare_s), 0.5 * min(self._recent_compute_s))
-                left = until - time.monotonic() - lead
-                if left <= 0:
-                    return
-                time.sleep(min(left, 0.05))
-                continue
-            time.sleep(0.005)  # a unit waits to start, or is just starting or ending
-
     # -- the uploader: pack into a reused buffer, submit, report -------------------------
 
     def _upload(self) -> None:
-        packers: dict[str, Packer] = {}
-        store: Store | None = None
+        packer = ResultPacker(self.cfg, self.g, self.d)
         backoff = Backoff(outage=self.outage)
-        while True:
-            item = self._outbox.get()
-            if item is _END:
-                break
-            unit, fields, tensors = item
-            phase = unit["phase"]
-            if phase not in packers:
-                packers[phase] = Packer(payload_manifest(self.cfg, self.g, self.d, phase))
-            payload = packers[phase].pack(payload_tensors(self.cfg, tensors))
-            while True:  # a reconnect resubmits it: the database answers a retry idempotently
-                try:
-                    store = store or Store(connect(self.dsn))
-                    verdict = upload_result(store, fields, payload)
-                    self._report(store, unit, verdict)
-                    backoff.reset()
-                    break
-                except CONNECTION_ERRORS as e:
-                    if store is not None:
-                        store.close()
-                    store = None
-                    backoff.wait(e)
-            self._hold(unit, False)
-        if store is not None:
-            store.close()
+        store: WorkerStore | None = None
+        try:
+            while (item := self._outbox.get()) is not _END:
+                unit, submission, tensors = item
+                store = self._submit(store, backoff, unit, submission, packer.pack(unit, tensors))
+                self._hold(unit, False)
+        finally:
+            _close(store)
 
-    def _report(self, store: Store, unit: dict, verdict: dict) -> None:
-        self.on_event("submitted", unit["version"], unit["unit_id"])
+    def _submit(
+        self,
+        store: WorkerStore | None,
+        backoff: Backoff,
+        unit: ClaimedUnit,
+        submission: Submission,
+        payload: memoryview,
+    ) -> WorkerStore:
+        """Submit until the database answers, and report its answer; the connection it
+        used. A reconnect resubmits: the database answers a retry idempotently."""
+        while True:
+            try:
+                store = store or WorkerStore.open(self.dsn)
+                verdict = store.submit_result(submission, payload)
+                self._report(store, unit, verdict)
+                backoff.reset()
+                return store
+            except CONNECTION_ERRORS as e:
+                store = _close(store)
+                backoff.wait(e)
+
+    def _report(self, store: WorkerStore, unit: ClaimedUnit, verdict: Verdict) -> None:
+        self.on_event("submitted", unit.version, unit.unit_id)
         p = self.progress
-        p.version = unit["version"]
-        if verdict["accepted"]:
-            p.units += 1
-            if unit["phase"] != Phase.G:  # a G phase reuses its D phase's images
-                p.images += len(unit["indices"])
-                p.recent.add(len(unit["indices"]))
-        # Refusals at submission and at aggregation alike are recorded with their reason.
-        rejections = store.all(
-            "worker_rejections", worker_id=self.worker_id, after_id=self._seen_rejection
-        )
-        p.last_message = "; ".join(
-            f"unit {r['unit_id']} rejected: {r['reason']}" for r in rejections
-        )
-        for r in rejections:
-            self._seen_rejection = r["id"]
-            p.rejected += 1
-            log.warning("unit %s rejected: %s", r["unit_id"], r["reason"])
+        p.count(unit, verdict)
+        rejections = store.rejections_after(self.worker_id, self._seen_rejection)
+        p.note_rejections(rejections)
+        if rejections:
+            self._seen_rejection = rejections[-1].id
         # The leaderboard moves only when a version is published: ask once per version, not
         # once per unit (it aggregates the whole run's contributions).
         if self._standing_version != p.version:
             self._standing_version = p.version
-            standing = store.one("my_standing", worker_id=self.worker_id)
-            if standing:
-                p.place, p.of_workers = standing["place"], standing["of_workers"]
+            p.note_standing(store.standing(self.worker_id))
         if self.on_unit:
             self.on_unit(p)
 
@@ -585,23 +436,25 @@ class Worker:
         """Give back any claimed unit at once, so no unit waits for a lease to expire."""
         if self.worker_id is None:
             return
-        store = None
         try:
-            store = Store(connect(self.dsn, timeout=3))
-            store.one("leave_run", worker_id=self.worker_id)
+            with closing(WorkerStore.open(self.dsn, timeout=3)) as store:
+                store.leave(self.worker_id)
         except Exception as e:
             log.warning("could not leave the run cleanly (the lease will expire): %s", e)
-        finally:
-            if store is not None:
-                store.close()
+
+
+def _close(store: WorkerStore | None) -> None:
+    """Close a connection that may be gone already; None, for `store = _close(store)`."""
+    if store is not None:
+        store.close()
 
 
 def _offer(q: queue.Queue, item: object) -> None:
-    with contextlib.suppress(queue.Full):
+    with suppress(queue.Full):
         q.put_nowait(item)
 
 
 def _drain(q: queue.Queue) -> None:
-    with contextlib.suppress(queue.Empty):
+    with suppress(queue.Empty):
         while True:
             q.get_nowait()
