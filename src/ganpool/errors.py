@@ -29,6 +29,19 @@ class OwnershipRefused(GanpoolError):
     """Another live session owns what this one wanted to own (a run's coordinator)."""
 
 
+class LockHeld(GanpoolError):
+    """A row another session holds locked: the transaction gave way rather than wait for it
+    (nothing was committed; the caller tries again later)."""
+
+
+class NotificationFailed(GanpoolError):
+    """A NOTIFY could not be sent. Notifications are hints: listeners poll as well."""
+
+
+class DatabaseRefused(GanpoolError):
+    """The database refused an operation this login may not perform."""
+
+
 def explain(error: BaseException) -> tuple[str, int]:
     """The one line and the exit status the CLI gives for an error: what went wrong and, where
     the person can act, what to do. Every command's errors pass through here."""
