@@ -1,6 +1,9 @@
 """The coordinator: issue work units, collect results, step both networks, publish versions.
 
-Protocol (see docs/protocol.md). Rows each party writes, and in which transaction:
+Protocol (see docs/protocol.md). Rows each party writes, and in which transaction. Every
+read and write goes through ganpool.store.coordinator.CoordinatorStore; this module owns
+the run and serves, and composes the round (round.py), unit issuing (issuing.py),
+checkpoints and replay (checkpoints.py) and outputs (outputs.py):
 
 * Start: take ownership of the run (one coordinator per run): a row of the instructor-only
   `owners` table names this session, which no student can lock or forge. If no version
@@ -11,14 +14,16 @@ Protocol (see docs/protocol.md). Rows each party writes, and in which transactio
   `ganpool_results`, in one transaction.
 * Between ticks, results of the current version are read and checked as they land, and
   (under the mean rule) folded into a running sum, so a step only waits for the last one.
-* Each tick, in ONE transaction holding the run's row lock, never waiting on a student:
-  rows a student may hold locked (a stalled upload, an open transaction) are skipped
-  (`SKIP LOCKED`) and seen on a later tick, and `lock_timeout` rolls back a tick that would
-  wait anyway (it is simply tried again):
+* Each tick (`Round.play`), in ONE transaction holding the run's row lock
+  (`CoordinatorStore.holding_run`), never waiting on a student: rows a student may hold
+  locked (a stalled upload, an open transaction) are skipped (`SKIP LOCKED`) and seen on a
+  later tick, and `lock_timeout` rolls back a tick that would wait anyway (it is simply
+  tried again):
     1. put units whose lease expired back to 'pending' (they are reissued as they are); set
        aside units that several students could not compute (poison units); give a unit held
        past the backup threshold a copy for an idle worker of another student, reissue a
-       unit whose every result was refused, and return the images of units out of play;
+       unit whose every result was refused, and return the images of units out of play
+       (issuing.py);
     2. when N results for the current version v are in (or the step deadline has passed
        with at least one), screen them (ganpool.coordinator.screening: payload, norm and
        spot checks; a refusal is recorded with its reason and its images go back to the
@@ -28,19 +33,20 @@ Protocol (see docs/protocol.md). Rows each party writes, and in which transactio
        weights (by COPY), contributions (UNIQUE per unit: applied at most once), step
        metrics, epoch counts; cancel units of v that did not make it (their images go back
        to the epoch; their late results are rejected as stale); prune old weights;
-    3. issue the units of the new version from the epoch permutation (under the local rule
-       with outer_delay 1, also the next round's, computed on the new version while this
-       one's results come in). After the commit, NOTIFY `ganpool_version` (a hint: a full
-       notification queue cannot fail a step).
+    3. issue the units of the new version from the epoch permutation (issuing.py; under
+       the local rule with outer_delay 1, also the next round's, computed on the new
+       version while this one's results come in). After the commit, NOTIFY
+       `ganpool_version` (a hint: a full notification queue cannot fail a step).
   Under the local rule (docs/protocol.md) a unit is local_steps batches, a result is a
   weight change, and the step is the outer SGD step on their weighted mean.
   A crash anywhere before commit leaves the database at version v with nothing applied;
   in-memory state is then reloaded from the database, so nothing is applied twice.
-* After the commit, off the workers' critical path: a sample grid every K steps, and at most
-  every `checkpoint_s` a checkpoint: the Adam state of the current version, in one
-  transaction with the deletion of the payloads it has absorbed. Applied payloads stay until
-  then, so a restart loads the checkpoint and replays the versions after it from the very
-  results that formed them (and checks it reproduces their published weights).
+* After the commit, off the workers' critical path: a sample grid every K steps (outputs.py),
+  and at most every `checkpoint_s` a checkpoint (checkpoints.py): the Adam state of the
+  current version, in one transaction with the deletion of the payloads it has absorbed.
+  Applied payloads stay until then, so a restart loads the checkpoint and replays the
+  versions after it from the very results that formed them (and checks it reproduces their
+  published weights).
 """
 
 from __future__ import annotations
@@ -61,7 +67,6 @@ from ganpool.events import OnEvent, ignore
 from ganpool.notices import Notice
 from ganpool.protocol.vocabulary import RUN_OVER, RunStatus
 from ganpool.runs import Run
-from ganpool.store import connect
 from ganpool.store.coordinator import CoordinatorStore, RunRow
 from ganpool.store.reconnect import CONNECTION_ERRORS, Backoff, Pace
 from ganpool.training.state import TrainingState
@@ -92,7 +97,7 @@ class Coordinator:
         self.dsn, self.run, self.cfg = dsn, run, run.config
         self.poll_s = poll_s
         self.on_event = on_event  # woke / collected / published (version), for benchmarks
-        self.store = CoordinatorStore(connect(dsn), run.id)
+        self.store = CoordinatorStore.open(dsn, run.id)
         state = TrainingState(self.cfg)
         self.screening = Screening(run.id, self.cfg, state.g, state.d)
         self.checkpoints = Checkpoints(run, checkpoint_s)
@@ -174,7 +179,7 @@ class Coordinator:
                         # After a restart of the database, or a network cut: ownership is
                         # taken again (retried, with backoff, while a session of ours from
                         # before the cut lingers on the server).
-                        self.store = CoordinatorStore(connect(self.dsn), self.run.id)
+                        self.store = CoordinatorStore.open(self.dsn, self.run.id)
                         self._acquire_ownership()
                         self._reload()
                     self._serve_connected(should_stop, backoff)

@@ -1,10 +1,9 @@
-"""The round: the current version's results collected as they land, then, inside the tick's
-transaction, screened, combined, stepped and published as the next version.
+"""The round: the current version's results collected as they land (arrivals.py), then,
+inside the tick's transaction, screened, combined, stepped and published as the next version.
 
 `Round` holds the model and optimiser in memory (`state`) at `version`, the database's
-newest version once each tick commits. Between ticks, `collect` reads and checks each result
-as it lands and (under the mean rule) folds it into a running sum, so a step only waits for
-its last result. `play` is one tick's work, under the run's row lock."""
+newest version once each tick commits. `play` is one tick's work, under the run's row
+lock."""
 
 from __future__ import annotations
 
@@ -19,16 +18,15 @@ import torch
 
 from ganpool.aggregation.robust import aggregate
 from ganpool.coordinator import issuing
+from ganpool.coordinator.arrivals import Arrivals
 from ganpool.coordinator.checkpoints import Checkpoints
 from ganpool.coordinator.outputs import Outputs
-from ganpool.coordinator.screening import Arrived, Screening
-from ganpool.errors import PayloadError
+from ganpool.coordinator.screening import Screening
 from ganpool.protocol.vocabulary import Phase, RejectionReason, RunStatus, step_to_version
 from ganpool.runs import Run
 from ganpool.serialization.tensors import Packer, manifest_of
 from ganpool.store.coordinator import CoordinatorStore, RunRow, Waiting, WaitingResult
-from ganpool.training.gradients import float_buffers
-from ganpool.training.state import TrainingState, WeightedMean
+from ganpool.training.state import TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +60,7 @@ class Round:
         self.state, self.version = state, -1
         self.screening, self.checkpoints, self.outputs = screening, checkpoints, outputs
         self.on_step = on_step
-        # The current version's results, read and checked as they land (tensors, or the
-        # reason they are invalid), and the running weighted sum of the valid ones.
-        self._arrived: dict[int, Arrived] = {}
-        self._arrived_version = -1
-        self._sum = WeightedMean()
-        self._summed: set[int] = set()
-        self._summed_families: set[int] = set()
-        self._prior: tuple[int, dict[str, torch.Tensor]] | None = None  # the version's buffers
+        self.arrivals = Arrivals(self.cfg, screening)  # results read as they land
         self._packer: Packer | None = None  # reused buffers for the weights
         self.dirty = False  # the in-memory state moved inside a transaction not yet committed
         # NOTIFYs to send after the commit
@@ -78,46 +69,11 @@ class Round:
     def reset(self, state: TrainingState, version: int) -> None:
         """Carry on from `state` at `version` (reloaded from the database)."""
         self.state, self.version = state, version
-        self._forget_arrivals()
-
-    # -- between ticks ---------------------------------------------------------------------
+        self.arrivals.forget()
 
     def collect(self, store: CoordinatorStore) -> None:
-        """Read and check the current version's results as they land, outside any step's
-        transaction; under the mean rule, fold each valid one into the running sum at once."""
-        if self._arrived_version != self.version:
-            self._forget_arrivals()
-            self._arrived_version = self.version
-        prior = self._prior_buffers()
-        for r in store.arrived_results(self.version):
-            if r.id in self._arrived:
-                continue
-            known = self._arrived[r.id] = self.screening.read(store, r.id, r.phase, prior)
-            if isinstance(known, PayloadError):
-                continue  # the step records the refusal
-            # A unit's backup copies: only the first valid result can be applied.
-            if (
-                self.cfg.aggregation == "mean"
-                and r.twin_of is None
-                and r.family not in self._summed_families
-            ):
-                self._sum.add(known[0], float(r.samples))
-                self._summed.add(r.id)
-                self._summed_families.add(r.family)
-
-    def _prior_buffers(self) -> dict[str, torch.Tensor]:
-        """The current version's BatchNorm statistics: every result starts from them."""
-        if self._prior is None or self._prior[0] != self.version:
-            buffers = {f"buf.G.{k}": v.clone() for k, v in float_buffers(self.state.g).items()}
-            buffers |= {f"buf.D.{k}": v.clone() for k, v in float_buffers(self.state.d).items()}
-            self._prior = (self.version, buffers)
-        return self._prior[1]
-
-    def _forget_arrivals(self) -> None:
-        self._arrived.clear()
-        self._sum.reset()
-        self._summed.clear()
-        self._summed_families.clear()
+        """Read and check the current version's results that landed (between ticks)."""
+        self.arrivals.collect(store, self.version, self.state)
 
     # -- one tick, inside its transaction --------------------------------------------------
 
@@ -213,9 +169,8 @@ class Round:
         if got < needed:
             log.info("version %d: %d of %d results free to lock; stepping later", v, got, needed)
             return
-        accepted, rejected = self.screening.screen(
-            store, rows, self._arrived, self._prior_buffers()
-        )
+        prior = self.arrivals.prior(self.version, self.state)
+        accepted, rejected = self.screening.screen(store, rows, self.arrivals.results, prior)
         if not accepted and needed:
             return  # every result was refused: the units are reissued to other students
         self._apply(accepted)
@@ -227,17 +182,16 @@ class Round:
     def _apply(self, accepted: list[tuple[WaitingResult, dict[str, torch.Tensor]]]) -> None:
         """Take the optimiser step on the accepted results' combination (none: the version is
         republished as it is)."""
-        if not accepted:
-            pass
-        elif self.cfg.aggregation == "mean" and {r.id for r, _ in accepted} == self._summed:
+        if accepted:
             self.dirty = True
-            self.state.apply(self._sum.mean())  # summed as they arrived: already done
-        else:
-            self.dirty = True
-            c = self.cfg
-            pairs = [(tensors, float(r.samples)) for r, tensors in accepted]
-            self.state.apply(aggregate(pairs, c.aggregation, c.trim_fraction, c.clip_factor))
-        self._forget_arrivals()
+            # Summed as they arrived (under the mean rule): already done.
+            mean = self.arrivals.mean_of({r.id for r, _ in accepted})
+            if mean is None:
+                c = self.cfg
+                pairs = [(tensors, float(r.samples)) for r, tensors in accepted]
+                mean = aggregate(pairs, c.aggregation, c.trim_fraction, c.clip_factor)
+            self.state.apply(mean)
+        self.arrivals.forget()
 
     def _publish_step(
         self, store: CoordinatorStore, v: int, accepted: list[WaitingResult], rejected: int

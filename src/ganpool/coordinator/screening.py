@@ -109,13 +109,28 @@ class Screening:
         apply (with their tensors) and the rejected ones; every refusal is recorded with its
         reason. `arrived` holds payloads already read and checked as they landed (by result
         id); `prior` the BatchNorm statistics of the version they were computed on."""
-        valid: dict[int, tuple[WaitingResult, dict]] = {}  # by family: a unit and its copies
-        stats: dict[int, dict[str, float]] = {}
         rejected: list[WaitingResult] = []
-        arrived = arrived or {}
+        valid, stats = self._validate(store, rows, arrived or {}, prior or {}, rejected)
+        phase = rows[0].phase if rows else Phase.BOTH
+        self._cohort_check(store, phase, valid, stats, rejected)
+        self._spot_check(store, valid, rejected)
+        return sorted(valid.values(), key=lambda rt: rt[0].seq), rejected
+
+    def _validate(
+        self,
+        store: CoordinatorStore,
+        rows: list[WaitingResult],
+        arrived: dict[int, Arrived],
+        prior: dict[str, torch.Tensor],
+        rejected: list[WaitingResult],
+    ) -> tuple[dict[int, tuple[WaitingResult, dict]], dict[int, dict[str, float]]]:
+        """The results whose payload is valid, by family (the first of a unit and its
+        copies), and each one's statistics; the others are refused."""
+        valid: dict[int, tuple[WaitingResult, dict]] = {}
+        stats: dict[int, dict[str, float]] = {}
         for r in rows:
             try:
-                known = arrived.get(r.id) or self.read(store, r.id, r.phase, prior or {})
+                known = arrived.get(r.id) or self.read(store, r.id, r.phase, prior)
                 if isinstance(known, PayloadError):
                     raise known
             except PayloadError as e:
@@ -131,10 +146,18 @@ class Screening:
                 store.supersede_result(r.id)
                 continue
             valid[r.family] = (r, tensors)
+        return valid, stats
 
-        # Cohort checks: a result far from the cohort (recent history plus this step) in
-        # either network's gradient norm, or in a BatchNorm statistic, is refused.
-        phase = rows[0].phase if rows else Phase.BOTH
+    def _cohort_check(
+        self,
+        store: CoordinatorStore,
+        phase: str,
+        valid: dict[int, tuple[WaitingResult, dict]],
+        stats: dict[int, dict[str, float]],
+        rejected: list[WaitingResult],
+    ) -> None:
+        """A result far from the cohort (recent history plus this step) in either network's
+        gradient norm, or in a BatchNorm statistic, is refused."""
         names = sorted({k for r, _ in valid.values() for k in stats[r.id] if k != "norm"})
         for name in names:
             values = {
@@ -163,12 +186,19 @@ class Screening:
             # follows a real drift within a few steps, while a minority cannot move it.
             history.extend(values.values())
 
-        # Spot checks: a unit and its twin, computed by two students, must agree.
+    def _spot_check(
+        self,
+        store: CoordinatorStore,
+        valid: dict[int, tuple[WaitingResult, dict]],
+        rejected: list[WaitingResult],
+    ) -> None:
+        """A unit and its twin, computed by two students, must agree. A twin is never
+        applied itself: it only checks the original."""
         for family, (twin, twin_tensors) in list(valid.items()):
             original_id = twin.twin_of
             if original_id is None:
                 continue
-            del valid[family]  # a twin is never applied itself: it only checks the original
+            del valid[family]
             if original_id not in valid:
                 store.verify_result(twin.id)
                 continue
@@ -185,17 +215,16 @@ class Screening:
                 store.update_trust(worker_id, agreed, self.cfg.disable_below_trust)
             if agreed:
                 store.verify_result(twin.id)
-            else:
-                reason = (
-                    f"{RejectionReason.SPOT_CHECK_FAILED}: two workers computed unit "
-                    f"{original_id} and disagreed (cosine {cosine:.3f}, norms differ by "
-                    f"{rel_norm:.1%}); both results held out"
-                )
-                for r in (original, twin):
-                    self.reject(store, r.id, r.worker_id, reason)
-                    rejected.append(r)
-                del valid[original_id]
-        return sorted(valid.values(), key=lambda rt: rt[0].seq), rejected
+                continue
+            reason = (
+                f"{RejectionReason.SPOT_CHECK_FAILED}: two workers computed unit "
+                f"{original_id} and disagreed (cosine {cosine:.3f}, norms differ by "
+                f"{rel_norm:.1%}); both results held out"
+            )
+            for r in (original, twin):
+                self.reject(store, r.id, r.worker_id, reason)
+                rejected.append(r)
+            del valid[original_id]
 
     def reject(self, store: CoordinatorStore, result_id: int, worker_id: int, reason: str) -> None:
         """Refuse a result. Its unit is then reissued to another student, or its images go

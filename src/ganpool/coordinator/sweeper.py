@@ -14,7 +14,6 @@ import logging
 import threading
 
 from ganpool.errors import DatabaseRefused
-from ganpool.store import connect
 from ganpool.store.coordinator import CoordinatorStore
 from ganpool.store.reconnect import CONNECTION_ERRORS
 
@@ -43,7 +42,7 @@ class StalledSessionSweeper(threading.Thread):
         try:
             while not self._halt.wait(self.every_s):
                 try:
-                    store = store or CoordinatorStore(connect(self.dsn))
+                    store = store or CoordinatorStore.open(self.dsn)
                     n = store.end_stalled_sessions(self.idle_s, self.active_s)
                 except CONNECTION_ERRORS as e:  # the database is away: try again next time
                     log.debug("sweeper: %s", e)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import psycopg
 
 from ganpool.errors import DatabaseRefused, LockHeld, NotificationFailed
-from ganpool.store.connection import Store
+from ganpool.store.connection import Store, connect
 from ganpool.store.notifications import Listener
 from ganpool.store.reconnect import CONNECTION_ERRORS
 
@@ -134,6 +134,10 @@ class CoordinatorStore(Store):
     def __init__(self, conn: psycopg.Connection, run_id: int | None = None):
         super().__init__(conn)
         self.run_id = run_id
+
+    @classmethod
+    def open(cls, dsn: str, run_id: int | None = None) -> CoordinatorStore:
+        return cls(connect(dsn), run_id)
 
     # -- transactions, ownership, notifications ------------------------------------------
 
