@@ -80,8 +80,8 @@ TICKS_PER_S = 100.0  # a flood of notifications (anyone may NOTIFY) cannot spin 
 
 
 class Coordinator:
-    """A run's only coordinator: owns the run, and composes its round (ganpool.coordinator.
-    round), unit issuing (issuing), checkpoints (checkpoints) and outputs (outputs)."""
+    """A run's only coordinator: owns the run and serves it, composing the round (round.py),
+    unit issuing (issuing.py), checkpoints (checkpoints.py) and outputs (outputs.py)."""
 
     def __init__(
         self,

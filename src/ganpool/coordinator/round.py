@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StepReport:
+    """What one step did, for `on_step` (the CLI prints it)."""
+
     version: int
     images: int
     units: int
