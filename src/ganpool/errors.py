@@ -45,6 +45,15 @@ class NotAllowed(GanpoolError):
     """This login lacks the rights the operation needs (the database refused it)."""
 
 
+class LockHeld(GanpoolError):
+    """A row another session holds locked: the transaction gave way rather than wait for it
+    (nothing was committed; the caller tries again later)."""
+
+
+class NotificationFailed(GanpoolError):
+    """A NOTIFY could not be sent. Notifications are hints: listeners poll as well."""
+
+
 def explain(error: BaseException) -> tuple[str, int]:
     """The one line and the exit status the CLI gives for an error: what went wrong and, where
     the person can act, what to do. Every command's errors pass through here."""

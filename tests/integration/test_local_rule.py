@@ -244,14 +244,14 @@ def test_the_screening_judges_weight_changes(embedded_db):
             for _ in range(2):
                 unit = honest.claim()
                 assert _submit(honest, unit, _local_payload(honest, unit))["accepted"]
-            coordinator._collect()
+            coordinator.collect()
             coordinator.tick()
         for tamper, reason in ((huge, "D's weight change norm"), (nan, "NaN or infinite")):
             v = coordinator.version
             mine, theirs = mallory.claim(), honest.claim()
             assert _submit(honest, theirs, _local_payload(honest, theirs))["accepted"]
             _submit(mallory, mine, _local_payload(mallory, mine, tamper))
-            coordinator._collect()
+            coordinator.collect()
             coordinator.tick()
             assert coordinator.version == v + 1
             reasons = [r["reason"] for r in mallory.store.all(

@@ -79,7 +79,7 @@ def test_the_coordinator_adopts_the_weighted_mean_of_the_results_batchnorm_stati
         assert sorted(len(u["indices"]) for u in units) == [30, 70]
         sent = [_submit(s, u) for s, u in zip((a, b), units, strict=True)]
         if as_they_land:
-            coordinator._collect()  # what serve() does before each tick
+            coordinator.collect()  # what serve() does before each tick
         coordinator.tick()
         assert coordinator.version == 1
 

@@ -26,7 +26,7 @@ def logins(embedded_db, embedded_server):
 
 
 def _step(coordinator: Coordinator) -> None:
-    coordinator._collect()
+    coordinator.collect()
     coordinator.tick()
 
 

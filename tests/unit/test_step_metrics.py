@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from ganpool.coordinator.coordinator import _weighted
+from ganpool.coordinator.round import weighted
 
 
 def test_step_metrics_are_weighted_by_samples_and_skip_what_was_not_computed():
@@ -18,3 +18,7 @@ def test_step_metrics_are_weighted_by_samples_and_skip_what_was_not_computed():
     assert _weighted(results, "g_loss") == pytest.approx((30 * 1.0 + 10 * 4.0) / 40)
     assert _weighted(results[2:4], "g_loss") is None
     assert _weighted([], "g_loss") is None
+
+
+def _weighted(results: list[dict], key: str) -> float | None:
+    return weighted((r[key], r["samples"]) for r in results)

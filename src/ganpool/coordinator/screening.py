@@ -21,7 +21,7 @@ from ganpool.models.dcgan import Discriminator, Generator
 from ganpool.protocol.vocabulary import PHASES, Phase, RejectionReason
 from ganpool.serialization.tensors import unpack
 from ganpool.settings import RunConfig
-from ganpool.store import Store
+from ganpool.store.coordinator import CoordinatorStore, WaitingResult
 from ganpool.training.gradients import payload_limit, result_manifest
 from ganpool.training.local_steps import payload_manifest, received_tensors
 
@@ -55,17 +55,15 @@ class Screening:
     def _history(self, phase: str, stat: str) -> deque[float]:
         return self.history.setdefault((phase, stat), deque(maxlen=NORM_HISTORY))
 
-    def reload_history(self, store: Store) -> None:
+    def reload_history(self, store: CoordinatorStore) -> None:
         """After a restart: the norms of the most recent results (BatchNorm statistics are
         not stored; their history builds up again within a few steps)."""
         self.history.clear()
         for phase in PHASES:
-            recent = store.all("recent_norms", run_id=self.run_id, phase=phase, limit=NORM_HISTORY)
-            for net in ("G", "D"):
+            recent = store.recent_norms(phase, NORM_HISTORY)
+            for i, net in enumerate(("G", "D")):
                 self._history(phase, f"norm.{net}").extend(
-                    r[f"norm_{net.lower()}"]
-                    for r in reversed(recent)
-                    if r[f"norm_{net.lower()}"] is not None
+                    norms[i] for norms in reversed(recent) if norms[i] is not None
                 )
 
     def check(self, blob: bytes | None, phase: str) -> dict[str, torch.Tensor]:
@@ -77,16 +75,18 @@ class Screening:
         _check_finite(tensors)
         return received_tensors(self.cfg, tensors)
 
-    def read(self, store: Store, r: dict, prior: dict[str, torch.Tensor]) -> Arrived:
+    def read(
+        self, store: CoordinatorStore, result_id: int, phase: str, prior: dict[str, torch.Tensor]
+    ) -> Arrived:
         """A result's checked tensors and cohort statistics, or why its payload is refused.
         `prior` holds the BatchNorm statistics of the version the result was computed on."""
-        blob = store.copy_out_blob("copy_result_payload", result_id=r["id"])
+        blob = store.payload(result_id)
         # Under the local rule the statistics went through many steps of changing weights:
         # only the sign of the variances can be judged, not the batches behind them.
         if self.cfg.update_rule == "local":
             prior = {}
         try:
-            tensors = self.check(blob, r["phase"])
+            tensors = self.check(blob, phase)
             stats = batchnorm_stats(tensors, prior)
         except PayloadError as e:
             return e
@@ -100,53 +100,68 @@ class Screening:
 
     def screen(
         self,
-        store: Store,
-        rows: list[dict],
+        store: CoordinatorStore,
+        rows: list[WaitingResult],
         arrived: dict[int, Arrived] | None = None,
         prior: dict[str, torch.Tensor] | None = None,
-    ) -> tuple[list[tuple[dict, dict]], list[dict]]:
+    ) -> tuple[list[tuple[WaitingResult, dict]], list[WaitingResult]]:
         """Validate, cohort-check and spot-check a step's results. Returns the results to
         apply (with their tensors) and the rejected ones; every refusal is recorded with its
         reason. `arrived` holds payloads already read and checked as they landed (by result
         id); `prior` the BatchNorm statistics of the version they were computed on."""
-        valid: dict[int, tuple[dict, dict]] = {}  # by family: a unit and its copies
+        rejected: list[WaitingResult] = []
+        valid, stats = self._validate(store, rows, arrived or {}, prior or {}, rejected)
+        phase = rows[0].phase if rows else Phase.BOTH
+        self._cohort_check(store, phase, valid, stats, rejected)
+        self._spot_check(store, valid, rejected)
+        return sorted(valid.values(), key=lambda rt: rt[0].seq), rejected
+
+    def _validate(
+        self,
+        store: CoordinatorStore,
+        rows: list[WaitingResult],
+        arrived: dict[int, Arrived],
+        prior: dict[str, torch.Tensor],
+        rejected: list[WaitingResult],
+    ) -> tuple[dict[int, tuple[WaitingResult, dict]], dict[int, dict[str, float]]]:
+        """The results whose payload is valid, by family (the first of a unit and its
+        copies), and each one's statistics; the others are refused."""
+        valid: dict[int, tuple[WaitingResult, dict]] = {}
         stats: dict[int, dict[str, float]] = {}
-        rejected: list[dict] = []
-        arrived = arrived or {}
         for r in rows:
             try:
-                known = arrived.get(r["id"]) or self.read(store, r, prior or {})
+                known = arrived.get(r.id) or self.read(store, r.id, r.phase, prior)
                 if isinstance(known, PayloadError):
                     raise known
             except PayloadError as e:
-                self.reject(store, r, str(e))
+                self.reject(store, r.id, r.worker_id, str(e))
                 rejected.append(r)
                 continue
-            tensors, stats[r["id"]] = known
-            r["grad_norm"] = stats[r["id"]]["norm"]
-            store.execute(
-                "set_grad_norm",
-                result_id=r["id"],
-                grad_norm=r["grad_norm"],
-                norm_g=stats[r["id"]].get("norm.G"),
-                norm_d=stats[r["id"]].get("norm.D"),
-            )
-            family = r.get("family", r["unit_id"])
-            if family in valid:
+            tensors, stats[r.id] = known
+            s = stats[r.id]
+            store.set_norms(r.id, s["norm"], s.get("norm.G"), s.get("norm.D"))
+            if r.family in valid:
                 # A backup copy's result, and one of the family was first: dropped, not
                 # refused (exactly once: version_contributions.family_id is UNIQUE anyway).
-                store.execute("supersede_result", result_id=r["id"])
-                store.execute("delete_payload", result_id=r["id"])
+                store.supersede_result(r.id)
                 continue
-            valid[family] = (r, tensors)
+            valid[r.family] = (r, tensors)
+        return valid, stats
 
-        # Cohort checks: a result far from the cohort (recent history plus this step) in
-        # either network's gradient norm, or in a BatchNorm statistic, is refused.
-        phase = rows[0]["phase"] if rows else Phase.BOTH
-        names = sorted({k for r, _ in valid.values() for k in stats[r["id"]] if k != "norm"})
+    def _cohort_check(
+        self,
+        store: CoordinatorStore,
+        phase: str,
+        valid: dict[int, tuple[WaitingResult, dict]],
+        stats: dict[int, dict[str, float]],
+        rejected: list[WaitingResult],
+    ) -> None:
+        """A result far from the cohort (recent history plus this step) in either network's
+        gradient norm, or in a BatchNorm statistic, is refused."""
+        names = sorted({k for r, _ in valid.values() for k in stats[r.id] if k != "norm"})
         for name in names:
             values = {
-                fam: stats[r["id"]][name] for fam, (r, _) in valid.items() if name in stats[r["id"]]
+                fam: stats[r.id][name] for fam, (r, _) in valid.items() if name in stats[r.id]
             }
             is_norm = name.startswith("norm.")
             z_max = self.cfg.norm_z_max if is_norm else BN_Z_MAX
@@ -161,7 +176,8 @@ class Screening:
                     )
                     self.reject(
                         store,
-                        r,
+                        r.id,
+                        r.worker_id,
                         f"{what} is {ratio:.3g}x the cohort's median "
                         f"(robust z {z:.1f} on a log scale, limit {z_max:g})",
                     )
@@ -170,61 +186,51 @@ class Screening:
             # follows a real drift within a few steps, while a minority cannot move it.
             history.extend(values.values())
 
-        # Spot checks: a unit and its twin, computed by two students, must agree.
+    def _spot_check(
+        self,
+        store: CoordinatorStore,
+        valid: dict[int, tuple[WaitingResult, dict]],
+        rejected: list[WaitingResult],
+    ) -> None:
+        """A unit and its twin, computed by two students, must agree. A twin is never
+        applied itself: it only checks the original."""
         for family, (twin, twin_tensors) in list(valid.items()):
-            original_id = twin["twin_of"]
+            original_id = twin.twin_of
             if original_id is None:
                 continue
-            del valid[family]  # a twin is never applied itself: it only checks the original
+            del valid[family]
             if original_id not in valid:
-                store.execute("verify_result", result_id=twin["id"])
-                store.execute("delete_payload", result_id=twin["id"])
+                store.verify_result(twin.id)
                 continue
             original, tensors = valid[original_id]
             cosine, rel_norm = compare(tensors, twin_tensors)
             agreed = (
                 cosine >= self.cfg.spot_check_cosine and rel_norm <= self.cfg.spot_check_rel_norm
             )
-            store.execute(
-                "record_spot_check",
-                run_id=self.run_id,
-                unit_id=original_id,
-                twin_id=twin["unit_id"],
-                worker_a=original["worker_id"],
-                worker_b=twin["worker_id"],
-                cosine=cosine,
-                rel_norm=rel_norm,
-                agreed=agreed,
-            )
+            workers = (original.worker_id, twin.worker_id)
+            store.record_spot_check(original_id, twin.unit_id, workers, cosine, rel_norm, agreed)
             # Two workers disagreeing cannot tell who is wrong: both lose trust. Only a worker
             # that has disagreed with two or more different peers can be disabled for it.
-            for worker_id in {original["worker_id"], twin["worker_id"]}:
-                store.execute("update_trust", worker_id=worker_id, agreed=agreed)
-                if self.cfg.disable_below_trust:
-                    store.execute(
-                        "disable_untrusted", worker_id=worker_id, below=self.cfg.disable_below_trust
-                    )
+            for worker_id in set(workers):
+                store.update_trust(worker_id, agreed, self.cfg.disable_below_trust)
             if agreed:
-                store.execute("verify_result", result_id=twin["id"])
-                store.execute("delete_payload", result_id=twin["id"])
-            else:
-                reason = (
-                    f"{RejectionReason.SPOT_CHECK_FAILED}: two workers computed unit "
-                    f"{original_id} and disagreed (cosine {cosine:.3f}, norms differ by "
-                    f"{rel_norm:.1%}); both results held out"
-                )
-                for r in (original, twin):
-                    self.reject(store, r, reason)
-                    rejected.append(r)
-                del valid[original_id]
-        return sorted(valid.values(), key=lambda rt: rt[0]["seq"]), rejected
+                store.verify_result(twin.id)
+                continue
+            reason = (
+                f"{RejectionReason.SPOT_CHECK_FAILED}: two workers computed unit "
+                f"{original_id} and disagreed (cosine {cosine:.3f}, norms differ by "
+                f"{rel_norm:.1%}); both results held out"
+            )
+            for r in (original, twin):
+                self.reject(store, r.id, r.worker_id, reason)
+                rejected.append(r)
+            del valid[original_id]
 
-    def reject(self, store: Store, r: dict, reason: str) -> None:
+    def reject(self, store: CoordinatorStore, result_id: int, worker_id: int, reason: str) -> None:
         """Refuse a result. Its unit is then reissued to another student, or its images go
         back to the epoch (the coordinator's tick: reissue_refused, give_back_unapplied)."""
-        log.warning("rejected result %d of worker %d: %s", r["id"], r["worker_id"], reason)
-        store.execute("reject_result", run_id=self.run_id, result_id=r["id"], reason=reason)
-        store.execute("delete_payload", result_id=r["id"])
+        log.warning("rejected result %d of worker %d: %s", result_id, worker_id, reason)
+        store.reject_result(result_id, reason)
 
 
 def norm_outliers(

@@ -13,9 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 
-import psycopg
-
-from ganpool.store import Store, connect
+from ganpool.errors import NotAllowed
+from ganpool.store.coordinator import CoordinatorStore
 from ganpool.store.reconnect import CONNECTION_ERRORS
 
 log = logging.getLogger(__name__)
@@ -43,17 +42,15 @@ class StalledSessionSweeper(threading.Thread):
         try:
             while not self._halt.wait(self.every_s):
                 try:
-                    store = store or Store(connect(self.dsn))
-                    n = store.one(
-                        "end_stalled_sessions", idle_s=self.idle_s, active_s=self.active_s
-                    )["ended"]
+                    store = store or CoordinatorStore.open(self.dsn)
+                    n = store.end_stalled_sessions(self.idle_s, self.active_s)
                 except CONNECTION_ERRORS as e:  # the database is away: try again next time
                     log.debug("sweeper: %s", e)
                     if store is not None:
                         store.close()
                     store = None
                     continue
-                except psycopg.Error as e:  # e.g. a login that is not the class's instructor
+                except NotAllowed as e:  # e.g. a login that is not the class's instructor
                     log.warning("cannot end stalled student sessions: %s", e)
                     return
                 if n:
