@@ -14,8 +14,7 @@ from ganpool.protocol.vocabulary import RejectionReason
 SRC = Path(__file__).resolve().parents[2] / "src" / "ganpool"
 # Where refusals are written: the coordinator, and the payload checks its screening runs.
 MODULES = [
-    "coordinator/coordinator.py",
-    "coordinator/screening.py",
+    *sorted(str(p.relative_to(SRC)) for p in (SRC / "coordinator").glob("*.py")),
     "serialization/tensors.py",
     "serialization/deltas.py",
 ]
@@ -97,7 +96,7 @@ def _reasons() -> list[tuple[str, str]]:
                     reason = call.args[0]
                 elif name in REJECTS:
                     reason = call.args[-1]
-                    if name == "_cancel_stale" and len(call.args) < 2:
+                    if name == "_cancel_stale" and len(call.args) < 3:  # (store, version[, reason])
                         continue  # the default: the f-string in _cancel_stale itself
                 else:
                     continue

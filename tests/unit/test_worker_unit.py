@@ -1,8 +1,7 @@
 """The worker's plain pieces for one unit, without a database: a unit whose images do not
-decode is named, a lost database is not mistaken for a bad image, the claim-ahead timing;
-and the worker's modules leave the database to its store (issue 12)."""
+decode is named, a lost database is not mistaken for a bad image, the claim-ahead timing.
+(That the worker leaves the database to its store: tests/unit/test_store_boundary.py.)"""
 
-import re
 import threading
 import time
 from pathlib import Path
@@ -11,7 +10,6 @@ import pytest
 import torch
 
 from ganpool.errors import DatabaseUnavailable
-from ganpool.store.queries import named_queries
 from ganpool.worker.timing import ClaimTiming
 from ganpool.worker.unit import BadImage, load_images
 
@@ -45,26 +43,16 @@ def test_the_fetcher_claims_at_once_when_compute_is_idle_and_waits_while_it_is_b
     timing, stopping = ClaimTiming(), threading.Event()
     t0 = time.monotonic()
     timing.wait_for_turn(stopping, ahead=True)  # nothing in hand
-    assert time.monotonic() - t0 < 0.05
+    assert time.monotonic() - t0 < 0.2
     timing.prepared(0.01)
     timing.started()  # one unit computing, expected to take ~1 s (the initial guess)
     # It ends after 0.3 s, but reports 0.8 s: the quickest recent unit becomes 0.8 s.
     threading.Timer(0.3, timing.finished, args=(0.8,)).start()
     t0 = time.monotonic()
     timing.wait_for_turn(stopping, ahead=False)  # only once compute is idle
-    assert 0.25 < time.monotonic() - t0 < 0.75
+    assert 0.25 < time.monotonic() - t0 < 0.9
     timing.prepared(0.01)
     timing.started()  # expected to end in 0.8 s: claim ahead by what preparing takes (0.3 s)
     t0 = time.monotonic()
     timing.wait_for_turn(stopping, ahead=True)
-    assert 0.4 < time.monotonic() - t0 < 0.75
-
-
-def test_the_worker_leaves_the_database_to_its_store():
-    names = set(named_queries())
-    for path in [*(SRC / "worker").glob("*.py"), SRC / "data" / "database.py"]:
-        text = path.read_text()
-        assert not re.search(r"^\s*(import|from)\s+psycopg", text, re.M), path
-        assert ".conn" not in text, path
-        quoted = set(re.findall(r"[\"']([a-z_]+)[\"']", text))
-        assert not quoted & names, (path, quoted & names)
+    assert 0.4 < time.monotonic() - t0 < 0.95
