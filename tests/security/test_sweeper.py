@@ -1,7 +1,8 @@
 """The sweeper of stalled sessions, on its own: it ends a student's statement that runs past
 its limit, and never a session of the instructor's login (which the coordinator and the CLI
 use), however long that one runs or sits in a transaction. test_student_stalls.py shows the
-class surviving the attacks; these tests pin the two rules it rests on."""
+class surviving the attacks; these tests pin the two rules it rests on. The sweeper runs as
+a class's instructor does: a login that is no superuser, a member of the instructor group."""
 
 from __future__ import annotations
 
@@ -41,10 +42,17 @@ class Statement(threading.Thread):
 
 @pytest.fixture
 def klass(db, embedded_server):
-    """The instructor's store and a function that logs a new student in."""
+    """The instructor's login (a dsn) and a function that logs a new student in."""
     with connect(db) as conn:
         migrate(conn)  # secure the copy of the template (CONNECT, TEMP)
     admin = Store(connect(db))
+    teacher = f"teacher_{uuid.uuid4().hex[:8]}"
+    group = admin.one("class_roles")["instructor"]
+    admin.conn.execute(f"CREATE ROLE {teacher} LOGIN PASSWORD 'teach' IN ROLE {group}")
+    info = psycopg.conninfo.conninfo_to_dict(db)
+    info.update(user=teacher, password="teach")
+    if info.get("host", "").startswith("/"):
+        info["host"] = "127.0.0.1"
     port = embedded_server.port if "5432" not in db else 5432
     names, stores = [], []
 
@@ -53,11 +61,12 @@ def klass(db, embedded_server):
         stores.append(Store(connect(add_student(admin, names[-1], host="127.0.0.1", port=port))))
         return stores[-1]
 
-    yield admin, student
+    yield psycopg.conninfo.make_conninfo(**info), student
     for s in stores:
         s.close()
     for n in names:
         remove_student(admin, n)
+    admin.conn.execute(f"DROP ROLE {teacher}")
     admin.close()
 
 
@@ -67,16 +76,17 @@ def quick_sweeper(db: str, idle_s: float, active_s: float) -> sweeper.StalledSes
     return sweep
 
 
-def test_a_student_statement_running_past_its_limit_is_ended(db, klass):
+def test_a_student_statement_running_past_its_limit_is_ended(klass):
     """A student who SETs statement_timeout to 0 and then runs for ever (a stalled upload
     is one statement, a COPY) is ended once the statement is older than active_s, not
     before."""
-    admin, student = klass
+    instructor, student = klass
+    admin = Store(connect(instructor))
     stalled = student()
     stalled.conn.execute("SET statement_timeout = 0")
     pid = stalled.conn.info.backend_pid
     active_s = 2.0
-    sweep = quick_sweeper(db, idle_s=600.0, active_s=active_s)
+    sweep = quick_sweeper(instructor, idle_s=600.0, active_s=active_s)
     statement = Statement(stalled, "SELECT pg_sleep(60)")
     t0 = time.monotonic()
     statement.start()
@@ -95,16 +105,20 @@ def test_a_student_statement_running_past_its_limit_is_ended(db, klass):
     finally:
         sweep.stop()
         sweep.join(10)
+        admin.close()
 
 
-def test_the_instructors_long_sessions_are_spared(db, klass):
+def test_the_instructors_long_sessions_are_spared(klass):
     """The coordinator's and the instructor's sessions log in as the instructor: one idle
     in a transaction and one in a long statement, both far past the sweeper's limits, are
-    left alone while a student's idle transaction beside them is ended."""
-    admin, student = klass
-    in_transaction, busy = Store(connect(db)), Store(connect(db))
+    left alone while a student's idle transaction beside them is ended. (The function runs
+    as the class's owner, which sees the state of, and may end, only the sessions of roles
+    it is a member of: the students'. So this holds even without the function's join on
+    `students`; the test pins the outcome whichever line keeps it.)"""
+    instructor, student = klass
+    admin, in_transaction, busy = (Store(connect(instructor)) for _ in range(3))
     idle_student = student()
-    sweep = quick_sweeper(db, idle_s=0.5, active_s=1.0)
+    sweep = quick_sweeper(instructor, idle_s=0.5, active_s=1.0)
     try:
         in_transaction.conn.execute("BEGIN")
         in_transaction.conn.execute("SELECT 1")
@@ -131,5 +145,5 @@ def test_the_instructors_long_sessions_are_spared(db, klass):
     finally:
         sweep.stop()
         sweep.join(10)
-        in_transaction.close()
-        busy.close()
+        for s in (admin, in_transaction, busy):
+            s.close()
