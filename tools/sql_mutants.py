@@ -507,6 +507,8 @@ MUTANTS = [
             f"{STALLS}::test_a_stalled_upload_is_ended_whatever_timeouts_the_student_set",
         ),
     ),
+    # Equivalent (docs/testing.md): the function runs as the owner role, which can see the
+    # state of, and end, only its students' sessions; kept as a guard of the join.
     Mutant(
         "sweeper-anyone",
         M6,
