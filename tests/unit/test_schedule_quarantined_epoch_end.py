@@ -1,5 +1,6 @@
 """An epoch whose last images are all quarantined ends there: planning goes on in the next
-epoch and still returns every unit asked for (a short plan would leave workers idle)."""
+epoch and still returns every unit asked for (a short plan would leave workers idle), and
+the epoch counts the images it passed over (the coordinator records them as quarantined)."""
 
 from __future__ import annotations
 
