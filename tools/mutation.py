@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MUTMUT = str(Path(sys.executable).with_name("mutmut"))
-COPIED = ("src", "tests", "tools")
+COPIED = ("src", "tests", "tools", "benchmarks")
 
 
 def settings() -> tuple[dict, dict]:
@@ -53,7 +53,7 @@ def prepare(name: str, module: dict, shared: dict) -> Path:
     work = ROOT / ".mutation" / name
     work.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    # tools/: a unit test checks the SQL mutants' list (tests/unit/test_sql_mutants.py).
+    # tools/ and benchmarks/: unit tests import them (test_sql_mutants.py, test_wan_refresh.py).
     for folder in COPIED:
         shutil.copytree(ROOT / folder, work / folder, dirs_exist_ok=True, ignore=ignore)
         # mutmut copies files it does not mutate only once: keep its copies current too.
@@ -69,7 +69,7 @@ def prepare(name: str, module: dict, shared: dict) -> Path:
         "only_mutate": module["files"],
         "pytest_add_cli_args_test_selection": module["tests"],
         "use_git_change_detection": False,
-        "also_copy": ["tools/"],
+        "also_copy": ["tools/", "benchmarks/"],
     }
     project = (ROOT / "pyproject.toml").read_text()
     project = re.sub(r"(?ms)^\[tool\.mutmut[^\n]*\n.*?(?=^\[(?!tool\.mutmut)|\Z)", "", project)

@@ -73,6 +73,7 @@ M9 = "migrations/0009_one_caller_check_and_names.sql"
 Q = "queries.sql"
 ONE = "tests/security/test_one_student.py"
 STALLS = "tests/security/test_student_stalls.py"
+SWEEPER = "tests/security/test_sweeper.py"
 PAYLOADS = "tests/security/test_payloads.py"
 DEFAULTS = "tests/security/test_screening_defaults.py"
 POISON = "tests/integration/test_poison_units.py"
@@ -501,8 +502,13 @@ MUTANTS = [
         "           OR (a.state = 'active' AND a.query_start",
         "           OR (a.state = 'never' AND a.query_start",
         "a student's upload stalled mid-COPY keeps its locks for ever",
-        (f"{STALLS}::test_a_stalled_upload_is_ended_whatever_timeouts_the_student_set",),
+        (
+            f"{SWEEPER}::test_a_student_statement_running_past_its_limit_is_ended",
+            f"{STALLS}::test_a_stalled_upload_is_ended_whatever_timeouts_the_student_set",
+        ),
     ),
+    # Equivalent (docs/testing.md): the function runs as the owner role, which can see the
+    # state of, and end, only its students' sessions; kept as a guard of the join.
     Mutant(
         "sweeper-anyone",
         M6,
@@ -510,7 +516,7 @@ MUTANTS = [
         "ON s.role_name = a.usename\n",
         "        SELECT a.pid FROM pg_stat_activity AS a\n",
         "the sweeper also ends the coordinator's and the instructor's long sessions",
-        (STALLS,),
+        (f"{SWEEPER}::test_the_instructors_long_sessions_are_spared", STALLS),
     ),
 ]
 
