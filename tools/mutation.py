@@ -150,7 +150,10 @@ def main() -> int:
                 print("no survivors to try again")
         work = prepare(args.module, module, shared)
         if names or not args.survivors:
-            run(work, module, args.jobs, names)
+            failed = run(work, module, args.jobs, names)
+            if failed:  # e.g. the clean run of the tests failed: no verdict means anything
+                print(f"mutmut failed (exit status {failed}); see its output above")
+                return failed
     print(report(args.module, work, module))
     print(f"survivors and their diffs: {work / 'report.md'}")
     return 0
