@@ -126,7 +126,10 @@ def test_a_g_phase_refused_by_everyone_is_skipped_not_waited_for(embedded_db, lo
         coordinator.close()
 
 
-def test_batchnorm_statistics_no_batch_could_produce_are_refused(embedded_db, logins):
+@pytest.mark.parametrize("as_they_land", [True, False], ids=["as-they-land", "at-the-step"])
+def test_batchnorm_statistics_no_batch_could_produce_are_refused(embedded_db, logins, as_they_land):
+    """Judged the same whether a payload was read as it landed or only by the step (which
+    then needs the version's statistics itself)."""
     run = make_run(embedded_db, "bn", unit_size=10, results_per_step=3)
     coordinator = Coordinator(embedded_db, run)
     coordinator.start()
@@ -142,7 +145,9 @@ def test_batchnorm_statistics_no_batch_could_produce_are_refused(embedded_db, lo
 
         m1.submit(a, tamper=negative)  # running_var = -1: the old checks let it through
         m2.submit(b, tamper=_scale("buf.D", 0.5))  # positive, but below what any batch gives
-        _step(coordinator)
+        if as_they_land:
+            coordinator.collect()
+        coordinator.tick()
         assert coordinator.version == 1
         assert "variance <= 0" in m1.rejections()[-1]
         assert "cannot come from any batch" in m2.rejections()[-1]
