@@ -28,7 +28,8 @@ def test_results_are_summed_weighted_as_they_land_and_a_refused_one_is_passed_ov
 ):
     # 100 faces in units of 40: 40, 40 and 20 images.
     run = make_run(embedded_db, unit_size=40, results_per_step=3)
-    coordinator = Coordinator(embedded_db, run)
+    reports = []
+    coordinator = Coordinator(embedded_db, run, on_step=reports.append)
     coordinator.start()
     students = [FakeStudent(embedded_db, run, name) for name in ("bad", "b", "c")]
     try:
@@ -67,6 +68,9 @@ def test_results_are_summed_weighted_as_they_land_and_a_refused_one_is_passed_ov
         coordinator.tick()
         assert coordinator.version == 1
         assert students[0].rejections(), "the garbage payload was not refused"
+        (report,) = reports  # what `ganpool train` prints for the step
+        assert (report.version, report.units, report.images, report.rejected) == (1, 2, nx + ny, 1)
+        assert report.seconds > 0
     finally:
         for student in students:
             student.close()
