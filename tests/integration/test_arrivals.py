@@ -70,7 +70,7 @@ def test_results_are_summed_weighted_as_they_land_and_a_refused_one_is_passed_ov
         assert students[0].rejections(), "the garbage payload was not refused"
         (report,) = reports  # what `ganpool train` prints for the step
         assert (report.version, report.units, report.images, report.rejected) == (1, 2, nx + ny, 1)
-        assert report.seconds > 0
+        assert 0 < report.seconds < 60
     finally:
         for student in students:
             student.close()
