@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 from psycopg.rows import dict_row
@@ -74,6 +74,11 @@ class Store:
     def __init__(self, conn: psycopg.Connection):
         self.conn = conn
         self._queries = named_queries()
+
+    @classmethod
+    def of(cls, store: Store) -> Self:
+        """`store`'s connection seen through these methods (any role's store will do)."""
+        return store if isinstance(store, cls) else cls(store.conn)
 
     def close(self) -> None:
         self.conn.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Self
 
 from ganpool.store.connection import Store
 
@@ -19,11 +18,6 @@ class LoadedDataset:
 
 
 class DatasetStore(Store):
-    @classmethod
-    def of(cls, store: Store) -> Self:
-        """`store`'s connection seen through these methods (any role's store will do)."""
-        return store if isinstance(store, cls) else cls(store.conn)
-
     def load_images(
         self,
         fingerprint: str,

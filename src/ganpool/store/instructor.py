@@ -237,11 +237,6 @@ class InstructorStore(Store):
                 raise
         return store
 
-    @classmethod
-    def of(cls, store: Store) -> Self:
-        """`store`'s connection seen through these methods (any role's store will do)."""
-        return store if isinstance(store, cls) else cls(store.conn)
-
     def atomically(self):
         """What is done inside commits together or not at all (a whole roster of students):
         for a unit that spans the caller's own logic."""

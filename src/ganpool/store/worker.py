@@ -86,11 +86,6 @@ class WorkerStore(Store):
     def open(cls, dsn: str, *, timeout: float = 10) -> Self:
         return cls(connect(dsn, timeout=timeout))
 
-    @classmethod
-    def of(cls, store: Store) -> Self:
-        """`store`'s connection seen through these methods (any role's store will do)."""
-        return store if isinstance(store, cls) else cls(store.conn)
-
     # -- joining and leaving -------------------------------------------------------------
 
     def register(self, run_id: int, name: str, hostname: str, device: str) -> int:
