@@ -130,14 +130,15 @@ def test_a_g_phase_refused_by_everyone_is_skipped_not_waited_for(embedded_db, lo
 def test_batchnorm_statistics_no_batch_could_produce_are_refused(embedded_db, logins, as_they_land):
     """Judged the same whether a payload was read as it landed or only by the step (which
     then needs the version's statistics itself)."""
-    run = make_run(embedded_db, "bn", unit_size=10, results_per_step=3)
+    run = make_run(embedded_db, "bn", unit_size=10, results_per_step=4)
     coordinator = Coordinator(embedded_db, run)
     coordinator.start()
     honest = Student(embedded_db, run, "honest")
     m1 = Student(logins.add("negvar"), run, "negvar")
     m2 = Student(logins.add("halfvar"), run, "halfvar")
+    m3 = Student(logins.add("halfvarg"), run, "halfvarg")
     try:
-        u, a, b = honest.claim(), m1.claim(), m2.claim()
+        u, a, b, c = honest.claim(), m1.claim(), m2.claim(), m3.claim()
         assert honest.submit(u)["accepted"]
 
         def negative(t):
@@ -145,12 +146,14 @@ def test_batchnorm_statistics_no_batch_could_produce_are_refused(embedded_db, lo
 
         m1.submit(a, tamper=negative)  # running_var = -1: the old checks let it through
         m2.submit(b, tamper=_scale("buf.D", 0.5))  # positive, but below what any batch gives
+        m3.submit(c, tamper=_scale("buf.G", 0.5))  # the same for G's statistics
         if as_they_land:
             coordinator.collect()
         coordinator.tick()
         assert coordinator.version == 1
         assert "variance <= 0" in m1.rejections()[-1]
         assert "cannot come from any batch" in m2.rejections()[-1]
+        assert "cannot come from any batch" in m3.rejections()[-1]
         applied = coordinator.store.conn.execute(
             "SELECT worker_id FROM version_contributions WHERE run_id = %s", (run.id,)
         ).fetchall()
@@ -159,7 +162,7 @@ def test_batchnorm_statistics_no_batch_could_produce_are_refused(embedded_db, lo
         with torch.no_grad():
             assert torch.isfinite(g(torch.randn(8, run.config.nz))).all()
     finally:
-        for s in (honest, m1, m2):
+        for s in (honest, m1, m2, m3):
             s.close()
         coordinator.close()
 

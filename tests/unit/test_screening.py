@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from ganpool.coordinator.screening import Screening, norm_outliers
+from ganpool.coordinator.screening import NORM_HISTORY, Screening, norm_outliers
 from ganpool.errors import PayloadError
 from ganpool.models.dcgan import build_models
 from ganpool.serialization.tensors import pack
@@ -68,3 +68,21 @@ def test_payload_check_refuses_a_missing_or_non_finite_payload():
         broken["buf.D.main.3.running_var"][0] = bad
         with pytest.raises(PayloadError, match="NaN or infinite"):
             screening.check(pack(broken), "both")
+
+
+def test_the_norm_history_judges_by_the_recent_norms_only():
+    """Gradient norms drift over a run. The history keeps the last NORM_HISTORY norms of each
+    (phase, statistic), so that after the norms of honest results have grown 1000x, they are
+    judged against one another, not against the norms of the run's first steps."""
+    cfg = load_run_config(overrides={"nz": 16, "ngf": 8, "ndf": 8})
+    g, d = build_models(cfg.model, 0)
+    screening = Screening(1, cfg, g, d)
+    history = screening._history("both", "norm.D")
+    history.extend([1.0] * 200)
+    history.extend([1000.0] * NORM_HISTORY)
+    assert list(history) == [1000.0] * NORM_HISTORY
+    assert screening._history("both", "norm.D") is history  # one history, kept
+    assert not norm_outliers(history, {"a": 1000.0, "b": 1000.0}, z_max=12)
+    # Against all 264 norms seen, an honest result of today's size would be refused:
+    unbounded = [1.0] * 200 + [1000.0] * NORM_HISTORY
+    assert [k for k, _, _ in norm_outliers(unbounded, {"a": 1000.0, "b": 1.0}, z_max=12)] == ["a"]
