@@ -94,9 +94,7 @@ def copy_units(store: CoordinatorStore, cfg: RunConfig, v: int, patience: float)
     if cfg.backup_after:
         copied = store.issue_backups(v, patience, MAX_COPIES)
         if copied:
-            log.info(
-                "version %d: %d unit(s) held over %.1f s get a backup copy", v, copied, patience
-            )
+            log.info("version %d: a backup copy of %d unit(s) held %.1f s", v, copied, patience)
 
 
 def quarantine(store: CoordinatorStore, cfg: RunConfig) -> None:
