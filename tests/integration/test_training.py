@@ -2,6 +2,7 @@
 
 import threading
 
+import pytest
 import torch
 
 from ganpool.data.datasets import builtin_faces
@@ -104,7 +105,8 @@ def test_alternating_rule_distributed_equals_the_papers_loop(db):
     assert coordinator.version == 6  # a D version and a G version per step
     assert sum(w.progress.units for w in workers) == 12
     dataset = builtin_faces(run.config.image_size, run.config.channels)
-    reference = train_local(run.config, dataset, steps=3).weights()
+    reports = []
+    reference = train_local(run.config, dataset, 3, lambda r, _: reports.append(r)).weights()
     distributed = _weights_at(db, run, 6)
     for name, want in reference.items():
         torch.testing.assert_close(distributed[name], want, rtol=1e-5, atol=1e-6, msg=name)
@@ -125,6 +127,18 @@ def test_alternating_rule_distributed_equals_the_papers_loop(db):
         "ORDER BY version"
     ).fetchall()
     assert [(m["no_g"], m["no_d"]) for m in metrics] == [(True, False), (False, True)] * 3
+    # train-local reports a step's losses from the phase that computed each, as the
+    # coordinator records them: D's and D's outputs with the D version, G's with the G one.
+    recorded = q(
+        "SELECT g_loss, d_loss, d_real, d_fake FROM step_metrics ORDER BY version"
+    ).fetchall()
+    assert len(reports) == 3
+    for report, d_phase, g_phase in zip(reports, recorded[::2], recorded[1::2], strict=True):
+        got = {k: getattr(report, k) for k in ("g_loss", "d_loss", "d_real", "d_fake")}
+        want = {"g_loss": g_phase["g_loss"]} | {
+            k: d_phase[k] for k in ("d_loss", "d_real", "d_fake")
+        }
+        assert got == pytest.approx(want, rel=1e-4), report.step
     store.close()
 
 
