@@ -26,8 +26,16 @@ def test_train_local_with_uneven_units_equals_a_plain_pytorch_loop():
 
     metrics = []
     want = train_plain(cfg, dataset, steps, metrics)
-    reports = []
-    got = train_local(cfg, dataset, steps=3, on_step=lambda r, _: reports.append(r)).weights()
+    reports, seen = [], []
+
+    def on_step(report, state):
+        reports.append(report)
+        seen.append({k: v.clone() for k, v in state.weights().items()})
+
+    got = train_local(cfg, dataset, steps=3, on_step=on_step).weights()
+    # Each step hands on the state it reached (`ganpool train-local` draws its samples from it).
+    assert all(torch.equal(seen[-1][k], v) for k, v in got.items())
+    assert any(not torch.equal(seen[0][k], v) for k, v in got.items())
     # What it reports per step: the images it used and the epochs done so far.
     assert [(r.step, r.images, r.epochs) for r in reports] == [
         (1, 60, 0.6),
