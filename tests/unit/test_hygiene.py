@@ -1,6 +1,7 @@
 """Project-wide rules that a reviewer would otherwise have to check by hand."""
 
 import re
+import tomllib
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -66,3 +67,18 @@ def test_student_names_are_limited():
             assert "invalid" in str(e)
         else:
             raise AssertionError(f"{bad!r} accepted")
+
+
+def test_log_calls_in_mutated_modules_fit_on_the_line_mutation_testing_skips():
+    """`[tool.mutmut] do_not_mutate_patterns` skips lines that start a log call; a call
+    continued on the next lines would leave its arguments mutated (docs/testing.md)."""
+    mutmut = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    (pattern,) = (re.compile(p) for p in mutmut["do_not_mutate_patterns"])
+    files = {f for module in mutmut["modules"].values() for f in module["files"]}
+    assert files
+    split = []
+    for name in sorted(files):
+        for number, line in enumerate((ROOT / name).read_text().splitlines(), 1):
+            if pattern.search(line) and line.count("(") != line.count(")"):
+                split.append(f"{name}:{number}: {line.strip()}")
+    assert not split, split

@@ -101,11 +101,8 @@ def quarantine(store: CoordinatorStore, cfg: RunConfig) -> None:
     """Set aside units that `quarantine_after` students could not compute; their other
     images go back to the epoch, the ones reported bad count as done."""
     for u in store.quarantine_units(cfg.quarantine_after):
-        log.warning(
-            "quarantined unit %d: workers could not compute it (images %s)",
-            u.id,
-            u.bad or "unknown",
-        )
+        named = u.bad or "all"
+        log.warning("quarantined unit %d: workers could not compute images %s", u.id, named)
         if u.images_returned or u.twin_of is not None or u.phase == Phase.G:
             continue  # no images of its own to account for
         bad = set(u.bad) or set(u.indices)  # no image named: the whole unit
