@@ -133,7 +133,7 @@ class TrainingState:
             return self.outer.state_tensors()
         out = {}
         for key, p, opt in self._named():
-            for field, value in opt.state.get(p, {}).items():
+            for field, value in opt.state[p].items():
                 out[f"{key}.{field}"] = value
         return out
 
