@@ -82,7 +82,27 @@ def run(work: Path, module: dict, jobs: int, names: list[str]) -> int:
     """mutmut on the module. Named mutants are tried again even with a verdict; without
     names, only mutants that have none are tried (a rerun resumes)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    names = names or module.get("functions", [])
+    if names:
+        return mutmut_run(work, env, jobs, names)
+    if not module.get("functions"):
+        return mutmut_run(work, env, jobs, [])
+    # mutmut tries again every mutant its command line names, verdict or not; a module that
+    # mutates only some functions must name them, so name only the mutants without a
+    # verdict. The first run has none listed yet: it names the patterns. A run generates the
+    # mutants afresh (a changed function loses its verdicts, and may gain mutants): list
+    # again after it, and go on until none is left.
+    for _ in range(3):
+        found = verdicts(work, module)
+        pending = [m for m, status in found.items() if status == "not checked"]
+        if found and not pending:
+            return 0
+        failed = mutmut_run(work, env, jobs, pending or module["functions"])
+        if failed:
+            return failed
+    return 0
+
+
+def mutmut_run(work: Path, env: dict, jobs: int, names: list[str]) -> int:
     cmd = ["nice", "-n", "10", MUTMUT, "run", "--max-children", str(jobs), *names]
     return subprocess.run(cmd, cwd=work, env=env).returncode
 
