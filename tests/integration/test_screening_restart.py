@@ -10,7 +10,9 @@ import pytest
 
 from ganpool.coordinator import Coordinator
 from ganpool.coordinator.screening import MIN_NORM_COHORT, norm_outliers
+from ganpool.protocol.vocabulary import Phase
 from tests.helpers import make_run, train_distributed
+from tests.security.classroom import Student
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -54,3 +56,39 @@ def test_a_restarted_coordinator_reloads_the_norm_history(embedded_db):
             assert [fam for fam, _, _ in flagged] == [1], (stat, norms, flagged)
     finally:
         second.close()
+
+
+def test_after_a_restart_each_phase_is_judged_by_its_own_reloaded_norms(embedded_db):
+    """Under the alternating rule a step has a D phase and a G phase, each judged against its
+    own history. A restarted coordinator screens each phase against the norms reloaded for
+    that phase: a D gradient 10^6 times too large, sent right after the restart, is refused
+    (judged against no history, two norms are too few to tell)."""
+    run = make_run(
+        embedded_db, "restart-alt", unit_size=10, results_per_step=2, update_rule="alternating"
+    )
+    first = Coordinator(embedded_db, run)
+    first.start()
+    honest, mallory = Student(embedded_db, run, "honest"), Student(embedded_db, run, "mallory")
+    second = None
+    try:
+        assert MIN_NORM_COHORT <= 10
+        while first.version < 10:  # five steps: ten norms of each phase
+            for student in (honest, mallory):
+                assert student.submit(student.claim())["accepted"]
+            first.collect()
+            first.tick()
+        first.close()
+
+        second = Coordinator(embedded_db, run)
+        second.start()
+        assert run.config.phase_of(second.version) == Phase.D
+        mine, theirs = mallory.claim(), honest.claim()
+        assert honest.submit(theirs)["accepted"]
+        mallory.submit(mine, tamper=lambda t: {k: v * 1e6 if k.startswith("grad.") else v
+                                               for k, v in t.items()})  # fmt: skip
+        second.collect()
+        second.tick()
+        assert "D's gradient norm" in mallory.rejections()[-1], mallory.rejections()
+    finally:
+        honest.close(), mallory.close()
+        (second or first).close()

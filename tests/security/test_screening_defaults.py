@@ -245,3 +245,51 @@ def test_robust_rules_are_refused_below_three_results(rule):
     with pytest.raises(ConfigError, match="reduce to the mean"):
         load_run_config(overrides={"aggregation": rule, "results_per_step": 2})
     assert load_run_config(overrides={"aggregation": rule, "results_per_step": 3})
+
+
+@pytest.mark.parametrize("rule", ["simultaneous", "alternating"])
+def test_each_results_norms_are_recorded_with_it(embedded_db, rule):
+    """What screening measured stays with the result for an instructor to read: each
+    network's gradient norm (none for a network its phase did not compute: under the
+    alternating rule, G's in the D phase and D's in the G phase), and the whole result's,
+    the two combined."""
+    run = make_run(embedded_db, "norms", unit_size=10, results_per_step=2, update_rule=rule)
+    coordinator = Coordinator(embedded_db, run)
+    coordinator.start()
+    students = [Student(embedded_db, run, name) for name in ("a", "b")]
+    try:
+        sent = {}
+        for _ in range(2):  # the alternating rule: a D phase, then a G phase
+            for student in students:
+                unit = student.claim()
+                tensors = student.tensors(unit)
+                assert student.submit(unit)["accepted"]
+                sent[unit["unit_id"]] = {
+                    net: math.sqrt(sum(float(v.double().pow(2).sum())
+                                       for k, v in tensors.items()
+                                       if k.startswith(f"grad.{net}."))) or None
+                    for net in ("G", "D")
+                }  # fmt: skip
+            _step(coordinator)
+        rows = coordinator.store.conn.execute(
+            "SELECT unit_id, grad_norm, norm_g, norm_d FROM results WHERE run_id = %s", (run.id,)
+        ).fetchall()
+        assert {r["unit_id"] for r in rows} == set(sent)
+        computed = sorted(
+            (g is not None, d is not None) for g, d in map(dict.values, sent.values())
+        )
+        if rule == "alternating":
+            assert computed == [(False, True)] * 2 + [(True, False)] * 2
+        else:
+            assert computed == [(True, True)] * 4
+        for r in rows:
+            g, d = sent[r["unit_id"]]["G"], sent[r["unit_id"]]["D"]
+            if g is not None and d is not None:
+                assert g != pytest.approx(d, rel=0.01)  # which is which shows
+            for stored, norm in ((r["norm_g"], g), (r["norm_d"], d)):
+                assert stored == (None if norm is None else pytest.approx(norm, rel=1e-5))
+            assert r["grad_norm"] == pytest.approx(math.hypot(g or 0.0, d or 0.0), rel=1e-5)
+    finally:
+        for student in students:
+            student.close()
+        coordinator.close()
