@@ -45,13 +45,16 @@ class Threads:
         self.threads.append(t)
 
     def join(self, timeout: float) -> None:
+        """Wait for every thread. The first error ends the wait and is raised: a coordinator
+        that died leaves its workers waiting for versions until the deadline."""
         deadline = time.monotonic() + timeout
         for t in self.threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        alive = [t for t in self.threads if t.is_alive()]
-        assert not alive, f"{len(alive)} thread(s) still running after {timeout}s"
+            while t.is_alive() and not self.errors and time.monotonic() < deadline:
+                t.join(min(0.1, max(0.0, deadline - time.monotonic())))
         if self.errors:
             raise self.errors[0]
+        alive = [t for t in self.threads if t.is_alive()]
+        assert not alive, f"{len(alive)} thread(s) still running after {timeout}s"
 
 
 def train_distributed(
