@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ganpool.coordinator import Coordinator
@@ -32,8 +33,11 @@ class Threads:
     def __init__(self) -> None:
         self.threads: list[threading.Thread] = []
         self.errors: list[BaseException] = []
+        self.stops: list[Callable[[], None]] = []
 
-    def start(self, target, *args) -> None:
+    def start(self, target, *args, stop: Callable[[], None] | None = None) -> None:
+        """Run target(*args) in a thread; `stop`, if given, asks it to return."""
+
         def wrapped() -> None:
             try:
                 target(*args)
@@ -43,15 +47,22 @@ class Threads:
         t = threading.Thread(target=wrapped, daemon=True)
         t.start()
         self.threads.append(t)
+        if stop is not None:
+            self.stops.append(stop)
 
     def join(self, timeout: float) -> None:
-        """Wait for every thread. The first error ends the wait and is raised: a coordinator
-        that died leaves its workers waiting for versions until the deadline."""
+        """Wait for every thread. The first error ends the wait (a coordinator that died
+        leaves its workers waiting for versions until the deadline): the threads that can be
+        stopped are, and joined, and the error is raised."""
         deadline = time.monotonic() + timeout
         for t in self.threads:
             while t.is_alive() and not self.errors and time.monotonic() < deadline:
                 t.join(min(0.1, max(0.0, deadline - time.monotonic())))
         if self.errors:
+            for stop in self.stops:
+                stop()
+            for t in self.threads:
+                t.join(max(0.0, deadline - time.monotonic()))
             raise self.errors[0]
         alive = [t for t in self.threads if t.is_alive()]
         assert not alive, f"{len(alive)} thread(s) still running after {timeout}s"
@@ -63,10 +74,11 @@ def train_distributed(
     """Train `run` to its max_steps with a coordinator and `workers` workers, in threads."""
     threads = Threads()
     coordinator = Coordinator(dsn, run, out_dir=out, poll_s=0.2)
-    threads.start(coordinator.serve)
+    stopping = threading.Event()
+    threads.start(coordinator.serve, stopping.is_set, stop=stopping.set)
     ws = [Worker(dsn, run, f"w{i}", device="cpu", poll_s=0.2) for i in range(workers)]
     for w in ws:
-        threads.start(w.serve)
+        threads.start(w.serve, stop=w.stop)
     threads.join(timeout)
     return coordinator, ws
 

@@ -89,17 +89,33 @@ def run(work: Path, module: dict, jobs: int, names: list[str]) -> int:
     # mutmut tries again every mutant its command line names, verdict or not; a module that
     # mutates only some functions must name them, so name only the mutants without a
     # verdict. The first run has none listed yet: it names the patterns. A run generates the
-    # mutants afresh (a changed function loses its verdicts, and may gain mutants): list
-    # again after it, and go on until none is left.
+    # mutants afresh, and only a run does (a changed function loses its verdicts, and may
+    # gain mutants): when a source changed since, one mutant is tried again to get that
+    # done. Then list again, until none is left; three runs are enough for a change made
+    # while the first one ran.
     for _ in range(3):
         found = verdicts(work, module)
         pending = [m for m, status in found.items() if status == "not checked"]
-        if found and not pending:
+        if found and not pending and not changed_since_generated(work, module):
             return 0
-        failed = mutmut_run(work, env, jobs, pending or module["functions"])
+        names = pending or (sorted(found)[:1] if found else module["functions"])
+        failed = mutmut_run(work, env, jobs, names)
         if failed:
             return failed
+    left = sum(status == "not checked" for status in verdicts(work, module).values())
+    if left:
+        print(f"{left} mutants still have no verdict: run again to go on")
     return 0
+
+
+def changed_since_generated(work: Path, module: dict) -> bool:
+    """Whether a source file is newer than the mutants mutmut generated from it (its own
+    test: prepare() copies sources with their times)."""
+    for name in module["files"]:
+        generated = work / "mutants" / name
+        if not generated.exists() or (work / name).stat().st_mtime > generated.stat().st_mtime:
+            return True
+    return False
 
 
 def mutmut_run(work: Path, env: dict, jobs: int, names: list[str]) -> int:

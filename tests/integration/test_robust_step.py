@@ -2,7 +2,7 @@
 factor. The rules themselves are checked by hand in tests/unit/test_aggregation.py; this
 checks what reaches them. With the default settings, a parameter dropped or shifted on its
 way to the rule changed nothing (mutation testing found both surviving), so the run here
-sets values away from the defaults, and checks first that they give another step."""
+sets values away from the defaults, and checks too that they give another step."""
 
 import pytest
 import torch
@@ -39,9 +39,10 @@ def test_the_step_combines_results_with_the_runs_own_rule_settings(embedded_db, 
         **SETTINGS,
     )
     coordinator = Coordinator(embedded_db, run)
-    coordinator.start()
-    students = [FakeStudent(embedded_db, run, f"s{i}") for i in range(RESULTS)]
+    students = []
     try:
+        coordinator.start()
+        students = [FakeStudent(embedded_db, run, f"s{i}") for i in range(RESULTS)]
         pairs = []
         for i, student in enumerate(students):
             unit = student.claim()

@@ -66,11 +66,10 @@ def test_after_a_restart_each_phase_is_judged_by_its_own_reloaded_norms(embedded
     run = make_run(
         embedded_db, "restart-alt", unit_size=10, results_per_step=2, update_rule="alternating"
     )
-    first = Coordinator(embedded_db, run)
-    first.start()
+    first, second = Coordinator(embedded_db, run), None
     honest, mallory = Student(embedded_db, run, "honest"), Student(embedded_db, run, "mallory")
-    second = None
     try:
+        first.start()
         assert MIN_NORM_COHORT <= 10
         while first.version < 10:  # five steps: ten norms of each phase
             for student in (honest, mallory):
@@ -88,7 +87,9 @@ def test_after_a_restart_each_phase_is_judged_by_its_own_reloaded_norms(embedded
                                                for k, v in t.items()})  # fmt: skip
         second.collect()
         second.tick()
-        assert "D's gradient norm" in mallory.rejections()[-1], mallory.rejections()
+        refused = mallory.rejections()
+        assert refused and "D's gradient norm" in refused[-1], refused
     finally:
-        honest.close(), mallory.close()
+        honest.close()
+        mallory.close()
         (second or first).close()

@@ -26,11 +26,12 @@ def _assert_same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) ->
 def test_a_step_rolled_back_after_it_was_taken_leaves_the_committed_state(embedded_db):
     run = make_run(embedded_db, unit_size=50, results_per_step=2)
     coordinator = Coordinator(embedded_db, run)
-    coordinator.start()
-    committed = _snapshot(coordinator)
-    students = [FakeStudent(embedded_db, run, name) for name in ("a", "b")]
-    holder = connect(embedded_db, autocommit=False)
+    students, holder = [], None
     try:
+        coordinator.start()
+        committed = _snapshot(coordinator)
+        students = [FakeStudent(embedded_db, run, name) for name in ("a", "b")]
+        holder = connect(embedded_db, autocommit=False)
         for student in students:
             assert student.submit(student.claim())["accepted"]
         # Counting the step's images into its epoch comes after the optimiser step.
@@ -40,6 +41,7 @@ def test_a_step_rolled_back_after_it_was_taken_leaves_the_committed_state(embedd
         assert held, "no epoch row to hold"
         coordinator.collect()
         assert coordinator.tick() is False  # gave way to the lock after a second
+        assert coordinator.round.dirty, "the lock stopped the tick before its step was taken"
         assert coordinator.version == 0
         with connect(embedded_db) as conn:
             version = conn.execute(
@@ -55,7 +57,8 @@ def test_a_step_rolled_back_after_it_was_taken_leaves_the_committed_state(embedd
         stepped = _snapshot(coordinator)
         assert any(not torch.equal(stepped[k], v) for k, v in committed.items())
     finally:
-        holder.close()
+        if holder is not None:
+            holder.close()
         for student in students:
             student.close()
         coordinator.close()

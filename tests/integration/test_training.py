@@ -106,7 +106,9 @@ def test_alternating_rule_distributed_equals_the_papers_loop(db):
     assert sum(w.progress.units for w in workers) == 12
     dataset = builtin_faces(run.config.image_size, run.config.channels)
     reports = []
-    reference = train_local(run.config, dataset, 3, lambda r, _: reports.append(r)).weights()
+    reference = train_local(
+        run.config, dataset, steps=3, on_step=lambda r, _: reports.append(r)
+    ).weights()
     distributed = _weights_at(db, run, 6)
     for name, want in reference.items():
         torch.testing.assert_close(distributed[name], want, rtol=1e-5, atol=1e-6, msg=name)
@@ -128,7 +130,7 @@ def test_alternating_rule_distributed_equals_the_papers_loop(db):
     ).fetchall()
     assert [(m["no_g"], m["no_d"]) for m in metrics] == [(True, False), (False, True)] * 3
     # train-local reports a step's losses from the phase that computed each, as the
-    # coordinator records them: D's and D's outputs with the D version, G's with the G one.
+    # coordinator records them: D's loss and outputs with the D version, G's loss with the G's.
     recorded = q(
         "SELECT g_loss, d_loss, d_real, d_fake FROM step_metrics ORDER BY version"
     ).fetchall()

@@ -83,6 +83,6 @@ def test_the_norm_history_judges_by_the_recent_norms_only():
     assert list(history) == [1000.0] * NORM_HISTORY
     assert screening._history("both", "norm.D") is history  # one history, kept
     assert not norm_outliers(history, {"a": 1000.0, "b": 1000.0}, z_max=12)
-    # Against all 264 norms seen, an honest result of today's size would be refused:
+    # Against every norm seen since the start, a result of today's size would be refused:
     unbounded = [1.0] * 200 + [1000.0] * NORM_HISTORY
     assert [k for k, _, _ in norm_outliers(unbounded, {"a": 1000.0, "b": 1.0}, z_max=12)] == ["a"]

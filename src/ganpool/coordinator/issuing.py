@@ -94,7 +94,7 @@ def copy_units(store: CoordinatorStore, cfg: RunConfig, v: int, patience: float)
     if cfg.backup_after:
         copied = store.issue_backups(v, patience, MAX_COPIES)
         if copied:
-            log.info("version %d: a backup copy of %d unit(s) held %.1f s", v, copied, patience)
+            log.info("version %d: backup copies of %d unit(s) held over %.1fs", v, copied, patience)
 
 
 def quarantine(store: CoordinatorStore, cfg: RunConfig) -> None:
