@@ -242,3 +242,29 @@ def test_only_a_waiting_result_can_be_applied(applied):
     assert count == 2  # the two applied at the step, once each
     status = conn.execute("SELECT status FROM results WHERE id = %s", (waiting["id"],))
     assert status.fetchone()["status"] == "rejected"
+
+
+def test_each_version_records_its_results_shares_of_its_images(embedded_db):
+    """version_contributions.weight is a result's share of its step's images: the shares of
+    a version add up to 1, also for a step of one result of one image (units of 33 on 100
+    faces: the epoch ends with a unit of one)."""
+    run = make_run(embedded_db, unit_size=33, results_per_step=1)
+    coordinator = Coordinator(embedded_db, run)
+    student = FakeStudent(embedded_db, run, "s")
+    try:
+        coordinator.start()
+        for _ in range(4):
+            assert student.submit(student.claim())["accepted"]
+            coordinator.collect()
+            coordinator.tick()
+        with connect(embedded_db) as conn:
+            rows = conn.execute(
+                "SELECT c.version, c.weight, r.samples FROM version_contributions AS c "
+                "JOIN results AS r ON r.id = c.result_id ORDER BY c.version"
+            ).fetchall()
+    finally:
+        student.close()
+        coordinator.close()
+    assert sorted(r["samples"] for r in rows) == [1, 33, 33, 33]
+    assert [r["version"] for r in rows] == [1, 2, 3, 4]
+    assert [r["weight"] for r in rows] == pytest.approx([1.0] * 4)
