@@ -135,3 +135,42 @@ def test_a_students_workers_report_a_unit_once_between_them(embedded_db, logins)
         assert _quarantine(coordinator, after=2) == []
     finally:
         first.store.close(), second.store.close(), coordinator.close()
+
+
+def test_of_a_unit_and_its_copy_the_first_result_is_applied_and_the_step_goes_on(embedded_db):
+    """A unit and its backup copy both come back valid in one step: the first result is
+    applied, the copy's is superseded (dropped, not refused), and the step's other unit is
+    still screened and applied."""
+    run = make_run(embedded_db, unit_size=10, results_per_step=2, units_per_step=2)
+    coordinator = Coordinator(embedded_db, run)
+    a, b, c = (FakeStudent(embedded_db, run, name) for name in "abc")
+    try:
+        coordinator.start()
+        first = a.claim()
+        assert _copy_claimed_units(coordinator) == [first["unit_id"]]
+        claimed = {b: b.claim(), c: c.claim()}
+        (b, copy), (c, other) = sorted(
+            claimed.items(), key=lambda sc: _unit(a.store, sc[1]["unit_id"])["backup_of"] is None
+        )
+        assert _unit(a.store, copy["unit_id"])["backup_of"] == first["unit_id"]
+        assert _unit(a.store, other["unit_id"])["backup_of"] is None
+        for student, unit in ((a, first), (b, copy), (c, other)):  # the copy's before the other
+            assert student.submit(unit)["accepted"]
+        coordinator.collect()
+        coordinator.tick()
+        assert coordinator.version == 1
+        rows = a.store.conn.execute(
+            "SELECT unit_id, status FROM results WHERE run_id = %s", (run.id,)
+        ).fetchall()
+        status = {r["unit_id"]: r["status"] for r in rows}
+        assert status == {
+            first["unit_id"]: "applied",
+            copy["unit_id"]: "superseded",
+            other["unit_id"]: "applied",
+        }
+        assert _unit(a.store, copy["unit_id"])["state"] == "cancelled"
+        assert b.rejections() == []  # superseded, not refused
+    finally:
+        for student in (a, b, c):
+            student.close()
+        coordinator.close()
