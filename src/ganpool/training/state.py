@@ -69,7 +69,6 @@ def weights_of(g: Generator, d: Discriminator) -> dict[str, torch.Tensor]:
 
 class TrainingState:
     def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
         self.g, self.d = build_models(cfg.model, cfg.seed)
         self.outer: OuterSGD | None = None
         if cfg.update_rule == "local":
