@@ -205,6 +205,32 @@ def test_cohort_checks_are_per_network_and_cover_batchnorm(embedded_db, logins):
         coordinator.close()
 
 
+def test_batchnorm_statistics_are_judged_by_their_own_limit(embedded_db, logins):
+    """BatchNorm statistics vary less between batches than gradient norms do: they are
+    judged against a limit of 6, not the run's `norm_z_max` (12 by default). D's statistics
+    3x an honest result's (robust z about 8.5) are refused."""
+    run = make_run(embedded_db, "limits", unit_size=10, results_per_step=2)
+    assert run.config.norm_z_max == 12
+    coordinator = Coordinator(embedded_db, run)
+    honest = Student(embedded_db, run, "honest")
+    mallory = Student(logins.add("mallory"), run, "mallory")
+    try:
+        coordinator.start()
+        _honest_steps(coordinator, honest, 5)  # a cohort of 10 results
+        mine, theirs = mallory.claim(), honest.claim()
+        assert honest.submit(theirs)["accepted"]
+        mallory.submit(mine, tamper=_scale("buf.D", 3.0))
+        _step(coordinator)
+        assert coordinator.version == 6
+        reasons = mallory.rejections()
+        assert len(reasons) == 1 and "BatchNorm statistic D." in reasons[0], reasons
+        assert "limit 6)" in reasons[0], reasons
+    finally:
+        honest.close()
+        mallory.close()
+        coordinator.close()
+
+
 def test_g_phase_units_are_spot_checked(embedded_db):
     run = make_run(
         embedded_db,
