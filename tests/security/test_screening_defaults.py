@@ -5,10 +5,12 @@ alternating rule for good. The coordinator is driven tick by tick, so each case 
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
 
+from ganpool.aggregation.robust import grad_norm, robust_z
 from ganpool.coordinator import Coordinator
 from ganpool.errors import ConfigError
 from ganpool.serialization.tensors import pack
@@ -231,6 +233,55 @@ def test_batchnorm_statistics_are_judged_by_their_own_limit(embedded_db, logins)
         coordinator.close()
 
 
+def test_gradient_norms_are_judged_by_norm_z_max_not_the_batchnorm_limit(embedded_db, logins):
+    """A gradient norm is judged against the run's `norm_z_max` (12), not the BatchNorm
+    statistics' limit of 6: early in a run D's norms drift, and a D gradient at robust z
+    about 9 is applied."""
+    run = make_run(embedded_db, "norm-limit", unit_size=10, results_per_step=2)
+    assert run.config.norm_z_max == 12
+    coordinator = Coordinator(embedded_db, run)
+    honest = Student(embedded_db, run, "honest")
+    mallory = Student(logins.add("mallory"), run, "mallory")
+    try:
+        coordinator.start()
+        _honest_steps(coordinator, honest, 5)  # a cohort of 10 results
+        history = coordinator.screening.history[("both", "norm.D")]
+        logs = [math.log(x) for x in history]
+        median = statistics.median(logs)
+        scale = max(1.4826 * statistics.median(abs(x - median) for x in logs), 0.25)
+        target = math.exp(median + 9 * scale)
+        sent = []
+
+        def to_target(tensors):
+            factor = target / grad_norm(
+                {k: t for k, t in tensors.items() if k.startswith("grad.D.")}
+            )
+            sent.append(factor)
+            return _scale("grad.D.", factor)(tensors)
+
+        mine, theirs = mallory.claim(), honest.claim()
+        assert honest.submit(theirs)["accepted"]
+        assert mallory.submit(mine, tamper=to_target)["accepted"]
+        _step(coordinator)
+        assert coordinator.version == 6
+        assert mallory.rejections() == []
+        # The z it was judged at: the history holds every norm the step judged.
+        reference = [math.log(x) for x in history]
+        z = robust_z(math.log(target), reference, min_scale=0.25)
+        assert 6 < z < 12, (z, sent)
+        assert (
+            coordinator.store.conn.execute(
+                "SELECT count(*) AS n FROM version_contributions WHERE worker_id = %s",
+                (mallory.id,),
+            ).fetchone()["n"]
+            == 1
+        )
+    finally:
+        honest.close()
+        mallory.close()
+        coordinator.close()
+
+
 def test_g_phase_units_are_spot_checked(embedded_db):
     run = make_run(
         embedded_db,
@@ -262,6 +313,51 @@ def test_g_phase_units_are_spot_checked(embedded_db):
         ).fetchall()
         assert sorted(c["phase"] for c in checks) == ["D", "D", "G", "G"]
         assert all(c["agreed"] for c in checks)
+    finally:
+        a.close()
+        b.close()
+        coordinator.close()
+
+
+def test_a_twin_whose_original_was_refused_is_retired_and_the_next_pair_still_compared(
+    embedded_db,
+):
+    """Every unit has a twin. The first original is refused (NaN) while its twin is valid: the
+    twin has nothing to check, so it is retired unapplied, and the second pair, whose twin
+    comes after it in the step, is still compared; no twin is ever applied."""
+    run = make_run(embedded_db, "lone-twin", unit_size=10, results_per_step=2, spot_check_rate=1.0)
+    coordinator = Coordinator(embedded_db, run)
+    coordinator.start()
+    a, b = Student(embedded_db, run, "a"), Student(embedded_db, run, "b")
+    try:
+        first, second, second_twin, first_twin = a.claim(), b.claim(), a.claim(), b.claim()
+        # the twins' noise seeds are their originals' (the claim does not say whose twin)
+        assert first["noise_seed"] == first_twin["noise_seed"] != second["noise_seed"]
+        assert second["noise_seed"] == second_twin["noise_seed"]
+        a.submit(first, tamper=_scale("grad.", math.nan))  # refused when screened
+        for s, unit in ((b, first_twin), (b, second), (a, second_twin)):
+            assert s.submit(unit)["accepted"]
+        _step(coordinator)
+        assert coordinator.version == 1
+        conn = coordinator.store.conn
+        rows = conn.execute(
+            "SELECT unit_id, status, EXISTS (SELECT FROM result_payloads AS p "
+            "WHERE p.result_id = r.id) AS kept FROM results AS r"
+        ).fetchall()
+        assert {r["unit_id"]: r["status"] for r in rows} == {
+            first["unit_id"]: "rejected",
+            first_twin["unit_id"]: "verified",
+            second["unit_id"]: "applied",
+            second_twin["unit_id"]: "verified",
+        }
+        # a twin's payload is dropped once it is done with
+        assert [r["unit_id"] for r in rows if r["kept"]] == [second["unit_id"]]
+        checks = conn.execute("SELECT unit_id, twin_id, agreed FROM spot_checks").fetchall()
+        assert checks == [
+            {"unit_id": second["unit_id"], "twin_id": second_twin["unit_id"], "agreed": True}
+        ]
+        applied = conn.execute("SELECT unit_id FROM version_contributions").fetchall()
+        assert applied == [{"unit_id": second["unit_id"]}]
     finally:
         a.close()
         b.close()
