@@ -4,6 +4,7 @@
     python tools/mutation.py coordinator --jobs 2
     python tools/mutation.py aggregation --report # the report only, from the saved verdicts
     python tools/mutation.py aggregation --survivors  # after adding tests: retry survivors
+    python tools/mutation.py coordinator --only issue_units --only Round.play  # some functions
 
 Each module ([tool.mutmut.modules] in pyproject.toml) names its files, the fast tests that
 cover them and, optionally, which functions to mutate. mutmut reads one configuration per
@@ -84,7 +85,7 @@ def run(work: Path, module: dict, jobs: int, names: list[str]) -> int:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if names:
         return mutmut_run(work, env, jobs, names)
-    if not module.get("functions"):
+    if not module.get("functions") and not module.get("only"):
         return mutmut_run(work, env, jobs, [])
     # mutmut tries again every mutant its command line names, verdict or not; a module that
     # mutates only some functions must name them, so name only the mutants without a
@@ -98,7 +99,8 @@ def run(work: Path, module: dict, jobs: int, names: list[str]) -> int:
         pending = [m for m, status in found.items() if status == "not checked"]
         if found and not pending and not changed_since_generated(work, module):
             return 0
-        names = pending or (sorted(found)[:1] if found else module["functions"])
+        first = [g for p in module.get("only", []) for g in only_globs(p)]
+        names = pending or (sorted(found)[:1] if found else first or module["functions"])
         failed = mutmut_run(work, env, jobs, names)
         if failed:
             return failed
@@ -136,12 +138,43 @@ def verdicts(work: Path, module: dict) -> dict[str, str]:
         [MUTMUT, "results", "--all", "true"], cwd=work, capture_output=True, text=True
     ).stdout
     patterns = module.get("functions") or [f"{p}*" for p in prefixes(module)]
+    only = module.get("only", [])
     found = {}
     for line in listing.splitlines():
         mutant, sep, status = line.strip().rpartition(": ")
-        if sep and any(fnmatch.fnmatchcase(mutant, p) for p in patterns):
+        if not sep or not any(fnmatch.fnmatchcase(mutant, p) for p in patterns):
+            continue
+        if not only or any(picks(p, mutant) for p in only):
             found[mutant] = status
     return found
+
+
+def function_of(mutant: str) -> str:
+    """The function a mutant is in: "issue_units" from
+    "ganpool.coordinator.issuing.x_issue_units__mutmut_3", "Round.play" from
+    "ganpool.coordinator.round.xǁRoundǁplay__mutmut_7"."""
+    name = mutant.rpartition("__mutmut_")[0].rpartition(".")[2]
+    if name.startswith("xǁ"):
+        return ".".join(name[2:].split("ǁ"))
+    return name.removeprefix("x_")
+
+
+def picks(pattern: str, mutant: str) -> bool:
+    """Whether an --only pattern takes the mutant: "Round.play" one method, "play" a function
+    or a method of any class of that name."""
+    function = function_of(mutant)
+    if "." not in pattern:
+        function = function.rpartition(".")[2]
+    return fnmatch.fnmatchcase(function, pattern)
+
+
+def only_globs(pattern: str) -> list[str]:
+    """mutmut's name patterns for an --only pattern ("issue_units", "Round.play"), for a
+    first run, before any mutant is listed."""
+    if "." in pattern:
+        cls, _, method = pattern.partition(".")
+        return [f"*.xǁ{cls}ǁ{method}__mutmut_*"]
+    return [f"*.x_{pattern}__mutmut_*", f"*ǁ{pattern}__mutmut_*"]
 
 
 def report(name: str, work: Path, module: dict) -> str:
@@ -174,8 +207,16 @@ def main() -> int:
     parser.add_argument(
         "--survivors", action="store_true", help="try survivors and timeouts again (new tests)"
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="FUNCTION",
+        help="only the mutants of functions matching this pattern (issue_units, Round.play, "
+        "'Round.*'; repeatable); the report then covers these functions only",
+    )
     args = parser.parse_args()
-    module = modules[args.module]
+    module = modules[args.module] | ({"only": args.only} if args.only else {})
     work = ROOT / ".mutation" / args.module
     if not args.report:
         names = []
