@@ -364,6 +364,49 @@ def test_a_twin_whose_original_was_refused_is_retired_and_the_next_pair_still_co
         coordinator.close()
 
 
+def _one_hot(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Gradients of a single 1 (exact arithmetic: twins sending it have cosine 1.0 and
+    norms that differ by 0.0)."""
+    out = {k: torch.zeros_like(v) if k.startswith("grad.") else v for k, v in tensors.items()}
+    first = min(k for k in out if k.startswith("grad."))
+    out[first].view(-1)[0] = 1.0
+    return out
+
+
+def test_twins_agree_at_exactly_the_thresholds(embedded_db):
+    """The thresholds are inclusive: a cosine of at least `spot_check_cosine` and norms that
+    differ by at most `spot_check_rel_norm` agree. At the strictest settings (1 and 0), twins
+    that agree exactly still do."""
+    run = make_run(
+        embedded_db,
+        "exact-twins",
+        unit_size=10,
+        results_per_step=2,
+        spot_check_rate=1.0,
+        spot_check_cosine=1.0,
+        spot_check_rel_norm=0.0,
+    )
+    coordinator = Coordinator(embedded_db, run)
+    coordinator.start()
+    a, b = Student(embedded_db, run, "a"), Student(embedded_db, run, "b")
+    try:
+        units = [(a, a.claim()), (b, b.claim()), (a, a.claim()), (b, b.claim())]
+        for s, unit in units:
+            assert s.submit(unit, tamper=_one_hot)["accepted"]
+        _step(coordinator)
+        assert coordinator.version == 1
+        conn = coordinator.store.conn
+        checks = conn.execute("SELECT cosine, rel_norm, agreed FROM spot_checks").fetchall()
+        assert checks == [{"cosine": 1.0, "rel_norm": 0.0, "agreed": True}] * 2
+        assert a.rejections() == [] and b.rejections() == []
+        applied = conn.execute("SELECT count(*) AS n FROM version_contributions").fetchone()
+        assert applied["n"] == 2
+    finally:
+        a.close()
+        b.close()
+        coordinator.close()
+
+
 @pytest.mark.parametrize("rule", ["trimmed_mean", "median", "clip"])
 def test_robust_rules_are_refused_below_three_results(rule):
     with pytest.raises(ConfigError, match="reduce to the mean"):
