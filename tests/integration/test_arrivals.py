@@ -7,6 +7,7 @@ slower: the end-to-end tests cannot tell. Mutation testing found such bugs survi
 refused payload ending the reading, a result summed under the wrong id); this test looks at
 the sum itself."""
 
+import pytest
 import torch
 from safetensors.torch import load
 
@@ -70,6 +71,7 @@ def test_results_are_summed_weighted_as_they_land_and_a_refused_one_is_passed_ov
         assert students[0].rejections(), "the garbage payload was not refused"
         (report,) = reports  # what `ganpool train` prints for the step
         assert (report.version, report.units, report.images, report.rejected) == (1, 2, nx + ny, 1)
+        assert report.epochs == pytest.approx((nx + ny) / 100)  # 60 of the 100 faces
         assert 0 < report.seconds < 60
     finally:
         for student in students:
