@@ -401,6 +401,9 @@ def test_twins_agree_at_exactly_the_thresholds(embedded_db):
         assert a.rejections() == [] and b.rejections() == []
         applied = conn.execute("SELECT count(*) AS n FROM version_contributions").fetchone()
         assert applied["n"] == 2
+        # agreeing never costs trust (it starts at 1, the most there is)
+        trust = conn.execute("SELECT trust FROM workers ORDER BY id").fetchall()
+        assert trust == [{"trust": 1.0}] * 2
     finally:
         a.close()
         b.close()
