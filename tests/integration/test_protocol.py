@@ -6,6 +6,7 @@ import pytest
 
 from ganpool.coordinator import Coordinator
 from ganpool.errors import DatasetMismatch
+from ganpool.runs import control_run
 from ganpool.serialization.tensors import pack
 from ganpool.store import Store, connect
 from ganpool.worker import Worker
@@ -97,6 +98,22 @@ def test_a_late_result_is_rejected_with_its_reason_and_its_images_go_back(db):
     for s in students:
         s.close()
     coordinator.close()
+
+
+def test_a_tick_says_the_run_is_over_once_the_instructor_stops_it(db):
+    """serve() ends when a tick says the run is over: a stopped run must say so, or the
+    coordinator would go on ticking a run no one can resume."""
+    run = make_run(db, unit_size=10, results_per_step=2)
+    coordinator = Coordinator(db, run)
+    store = Store(connect(db))
+    try:
+        coordinator.start()
+        assert coordinator.tick() is False  # running, and waiting for results
+        control_run(store, run, "stop")
+        assert coordinator.tick() is True
+    finally:
+        store.close()
+        coordinator.close()
 
 
 def test_bad_payloads_are_rejected_with_reasons_never_applied(db):

@@ -4,6 +4,7 @@ a row the step must update, so the tick gives way), the coordinator must drop th
 be back at the committed version; otherwise the next tick steps again on top of it, and
 every later version is trained from weights no version ever published."""
 
+import pytest
 import torch
 
 from ganpool.coordinator import Coordinator
@@ -59,6 +60,45 @@ def test_a_step_rolled_back_after_it_was_taken_leaves_the_committed_state(embedd
     finally:
         if holder is not None:
             holder.close()
+        for student in students:
+            student.close()
+        coordinator.close()
+
+
+def test_a_tick_that_fails_after_its_step_leaves_the_committed_state(embedded_db, monkeypatch):
+    """Any error after the step rolls the tick back (here: writing the step's metrics fails);
+    the connection is sound, so the coordinator reloads the committed state at once."""
+    run = make_run(embedded_db, unit_size=50, results_per_step=2)
+    coordinator = Coordinator(embedded_db, run)
+    students = []
+    try:
+        coordinator.start()
+        committed = _snapshot(coordinator)
+        students = [FakeStudent(embedded_db, run, name) for name in ("a", "b")]
+        for student in students:
+            assert student.submit(student.claim())["accepted"]
+
+        def fail(*args, **kwargs):
+            raise RuntimeError("the step's metrics could not be written")
+
+        monkeypatch.setattr(coordinator.store, "insert_step_metrics", fail)
+        coordinator.collect()
+        with pytest.raises(RuntimeError, match="metrics"):
+            coordinator.tick()
+        assert not coordinator.store.broken and not coordinator.store.closed
+        assert coordinator.version == 0
+        _assert_same(_snapshot(coordinator), committed)
+
+        monkeypatch.undo()
+        coordinator.collect()
+        coordinator.tick()
+        assert coordinator.version == 1
+        with connect(embedded_db) as conn:
+            version = conn.execute(
+                "SELECT current_version FROM runs WHERE id = %s", (run.id,)
+            ).fetchone()["current_version"]
+        assert version == 1
+    finally:
         for student in students:
             student.close()
         coordinator.close()
