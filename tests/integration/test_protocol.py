@@ -116,6 +116,25 @@ def test_a_tick_says_the_run_is_over_once_the_instructor_stops_it(db):
         coordinator.close()
 
 
+def test_the_last_version_of_a_run_is_checkpointed_whatever_the_interval(db):
+    """At the end of a run the optimiser state is saved even when the checkpoint interval has
+    not come round: the run's last version must not depend on replaying payloads."""
+    run = make_run(db, unit_size=10, results_per_step=2, max_steps=1)
+    coordinator = Coordinator(db, run, checkpoint_s=3600)
+    students = [FakeStudent(db, run, name) for name in ("a", "b")]
+    try:
+        coordinator.start()
+        for student in students:
+            assert student.submit(student.claim())["accepted"]
+        assert coordinator.tick() is True  # the only step, and the end of the run
+        saved = _q(db, "SELECT version FROM coordinator_state WHERE run_id = %s", run.id)
+        assert saved == [{"version": 1}]
+    finally:
+        for student in students:
+            student.close()
+        coordinator.close()
+
+
 def test_bad_payloads_are_rejected_with_reasons_never_applied(db):
     run = make_run(db, unit_size=10, results_per_step=2)
     coordinator = Coordinator(db, run, checkpoint_s=0)  # a checkpoint after every step
