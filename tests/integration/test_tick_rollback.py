@@ -10,6 +10,7 @@ import torch
 from ganpool.coordinator import Coordinator
 from ganpool.store import connect
 from tests.helpers import FakeStudent, make_run
+from tests.security.classroom import Student
 
 
 def _snapshot(coordinator: Coordinator) -> dict[str, torch.Tensor]:
@@ -100,5 +101,71 @@ def test_a_tick_that_fails_after_its_step_leaves_the_committed_state(embedded_db
         assert version == 1
     finally:
         for student in students:
+            student.close()
+        coordinator.close()
+
+
+def _age_pending_units(dsn: str, run_id: int) -> None:
+    """As if the pending units had waited past the patience for their copies."""
+    with connect(dsn) as conn:
+        conn.execute(
+            "UPDATE work_units SET created_at = now() - interval '1 hour' "
+            "WHERE run_id = %s AND state = 'pending'",
+            (run_id,),
+        )
+
+
+def test_a_skipped_g_step_rolled_back_after_it_was_published_leaves_the_committed_version(
+    embedded_db,
+):
+    """A G phase refused by every student is published as it is, without a step: the weights
+    do not move, but the version does. When that tick then gives way (here: to a lock on the
+    epoch row, which only the next D version's units update), the coordinator must be back
+    at the committed version, and the skip must then happen once."""
+    run = make_run(embedded_db, unit_size=10, results_per_step=1, update_rule="alternating")
+    coordinator = Coordinator(embedded_db, run)
+    student, holder = None, None
+    try:
+        coordinator.start()
+        student = Student(embedded_db, run, "only")  # computes each phase's own result
+        while (unit := student.claim()) is not None:  # D
+            assert student.submit(unit)["accepted"]
+        coordinator.collect()
+        coordinator.tick()
+        assert coordinator.version == 1
+        assert student.submit(student.claim(), payload=b"not safetensors")["accepted"]  # G
+        coordinator.collect()
+        coordinator.tick()
+        assert coordinator.version == 1  # refused; its copies may not go back to this student
+        # NO KEY UPDATE: the copies' inserts (a foreign key check) pass, an UPDATE waits.
+        holder = connect(embedded_db, autocommit=False)
+        held = holder.execute(
+            "SELECT epoch FROM epochs WHERE run_id = %s FOR NO KEY UPDATE", (run.id,)
+        ).fetchall()
+        assert held, "no epoch row to hold"
+        for _ in range(12):
+            _age_pending_units(embedded_db, run.id)
+            assert coordinator.tick() is False
+            if coordinator.round.dirty:
+                break
+        assert coordinator.round.dirty, "the G phase was never skipped"
+        assert coordinator.version == 1
+        with connect(embedded_db) as conn:
+            version = conn.execute(
+                "SELECT current_version FROM runs WHERE id = %s", (run.id,)
+            ).fetchone()["current_version"]
+        assert version == 1, "the rolled-back skip was committed"
+
+        holder.rollback()  # the lock goes: the skip happens, once
+        for _ in range(12):
+            _age_pending_units(embedded_db, run.id)
+            coordinator.tick()
+            if coordinator.version != 1:
+                break
+        assert coordinator.version == 2
+    finally:
+        if holder is not None:
+            holder.close()
+        if student is not None:
             student.close()
         coordinator.close()
