@@ -135,6 +135,30 @@ def test_the_last_version_of_a_run_is_checkpointed_whatever_the_interval(db):
         coordinator.close()
 
 
+def test_a_run_with_an_epoch_limit_ends_when_its_images_are_in(db):
+    """`max_epochs` alone ends a run: 100 faces in units of 50, one result a step; the
+    second step completes the epoch and is the last."""
+    run = make_run(db, unit_size=50, results_per_step=1, max_steps=0, max_epochs=1)
+    coordinator = Coordinator(db, run)
+    students = [FakeStudent(db, run, name) for name in ("a", "b")]
+    try:
+        coordinator.start()
+        assert coordinator.tick() is False
+        for version, student in enumerate(students, start=1):
+            unit = student.claim()
+            assert len(unit["indices"]) == 50
+            assert student.submit(unit)["accepted"]
+            over = coordinator.tick()
+            assert coordinator.version == version
+            assert over is (version == 2)  # half an epoch in, it goes on
+        status = _q(db, "SELECT status FROM runs WHERE id = %s", run.id)
+        assert status == [{"status": "finished"}]
+    finally:
+        for student in students:
+            student.close()
+        coordinator.close()
+
+
 def test_bad_payloads_are_rejected_with_reasons_never_applied(db):
     run = make_run(db, unit_size=10, results_per_step=2)
     coordinator = Coordinator(db, run, checkpoint_s=0)  # a checkpoint after every step
