@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from ganpool.coordinator.screening import NORM_HISTORY, Screening, norm_outliers
+from ganpool.coordinator.screening import NORM_HISTORY, Screening, batchnorm_stats, norm_outliers
 from ganpool.errors import PayloadError
 from ganpool.models.dcgan import build_models
 from ganpool.serialization.tensors import pack
@@ -86,3 +86,15 @@ def test_the_norm_history_judges_by_the_recent_norms_only():
     # Against every norm seen since the start, a result of today's size would be refused:
     unbounded = [1.0] * 200 + [1000.0] * NORM_HISTORY
     assert [k for k, _, _ in norm_outliers(unbounded, {"a": 1000.0, "b": 1.0}, z_max=12)] == ["a"]
+
+
+@pytest.mark.parametrize("prior", [{}, {"buf.D.main.3.running_var": torch.ones(2)}])
+def test_a_variance_of_zero_is_refused_like_a_negative_one(prior):
+    """A running variance mixes the version's (positive) with the batches' (never negative),
+    so it is never exactly 0, and BatchNorm divides by it: 0 is refused like a negative
+    variance, with or without the version's statistics to judge by (the local rule has
+    none)."""
+    for bad in (0.0, -1.0):
+        with pytest.raises(PayloadError, match="variance <= 0"):
+            batchnorm_stats({"buf.D.main.3.running_var": torch.tensor([1.0, bad])}, prior)
+    assert batchnorm_stats({"buf.D.main.3.running_var": torch.tensor([1.0, 1e-30])}, {}) == {}
