@@ -159,6 +159,29 @@ def test_a_run_with_an_epoch_limit_ends_when_its_images_are_in(db):
         coordinator.close()
 
 
+def test_a_run_out_of_time_ends_at_the_next_tick_even_without_a_step(db):
+    """`max_seconds` ends a run whether or not results come in: the tick after the time is
+    up finishes it, and no unit stays open for a student to compute in vain."""
+    run = make_run(db, unit_size=50, results_per_step=2, max_steps=0, max_seconds=1)
+    coordinator = Coordinator(db, run)
+    student = FakeStudent(db, run, "a")
+    try:
+        coordinator.start()
+        assert coordinator.tick() is False
+        unit = student.claim()
+        assert unit is not None
+        time.sleep(1.2)
+        assert coordinator.tick() is True
+        assert coordinator.version == 0
+        status = _q(db, "SELECT status FROM runs WHERE id = %s", run.id)
+        assert status == [{"status": "finished"}]
+        states = _q(db, "SELECT DISTINCT state FROM work_units WHERE run_id = %s", run.id)
+        assert states == [{"state": "cancelled"}]
+    finally:
+        student.close()
+        coordinator.close()
+
+
 def test_bad_payloads_are_rejected_with_reasons_never_applied(db):
     run = make_run(db, unit_size=10, results_per_step=2)
     coordinator = Coordinator(db, run, checkpoint_s=0)  # a checkpoint after every step
