@@ -99,5 +99,12 @@ def test_a_variance_of_zero_is_refused_like_a_negative_one(prior):
         with pytest.raises(
             PayloadError, match=r"^BatchNorm statistic D\.main\.3\.running_var holds"
         ):
-            batchnorm_stats({"buf.D.main.3.running_var": torch.tensor([1.0, bad])}, prior)
+            batchnorm_stats(
+                {
+                    # not in either prior: the checks must go on to the next statistic
+                    "buf.D.main.3.running_mean": torch.zeros(2),
+                    "buf.D.main.3.running_var": torch.tensor([1.0, bad]),
+                },
+                prior,
+            )
     assert batchnorm_stats({"buf.D.main.3.running_var": torch.tensor([1.0, 1e-30])}, {}) == {}
