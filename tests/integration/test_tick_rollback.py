@@ -5,6 +5,7 @@ be back at the committed version; otherwise the next tick steps again on top of 
 every later version is trained from weights no version ever published."""
 
 import logging
+import time
 
 import pytest
 import torch
@@ -174,5 +175,46 @@ def test_a_skipped_g_step_rolled_back_after_it_was_published_leaves_the_committe
         if holder is not None:
             holder.close()
         if student is not None:
+            student.close()
+        coordinator.close()
+
+
+def test_a_unit_a_student_held_locked_through_a_step_is_cancelled_at_a_later_tick(
+    embedded_db,
+):
+    """A step cancels its version's other units, but skips a row some session holds locked
+    (never wait on a student). A later tick catches up on it, so no unit of a past version
+    stays claimed until its lease runs out."""
+    run = make_run(embedded_db, unit_size=50, results_per_step=2, step_deadline_s=1)
+    coordinator = Coordinator(embedded_db, run)
+    students, holder = [], None
+    try:
+        coordinator.start()
+        students = [FakeStudent(embedded_db, run, name) for name in ("a", "b")]
+        first, second = (s.claim() for s in students)
+        holder = connect(embedded_db, autocommit=False)
+        holder.execute(
+            "SELECT id FROM work_units WHERE id = %s FOR NO KEY UPDATE", (second["unit_id"],)
+        )
+        assert students[0].submit(first)["accepted"]
+        time.sleep(1.2)  # past the deadline: the step goes ahead with one result
+        coordinator.collect()
+        coordinator.tick()
+        assert coordinator.version == 1
+
+        def state() -> str:
+            with connect(embedded_db) as conn:
+                return conn.execute(
+                    "SELECT state FROM work_units WHERE id = %s", (second["unit_id"],)
+                ).fetchone()["state"]
+
+        assert state() == "claimed"  # skipped while locked
+        holder.rollback()
+        coordinator.tick()
+        assert state() == "cancelled"
+    finally:
+        if holder is not None:
+            holder.close()
+        for student in students:
             student.close()
         coordinator.close()
