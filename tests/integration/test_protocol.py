@@ -182,6 +182,31 @@ def test_a_run_out_of_time_ends_at_the_next_tick_even_without_a_step(db):
         coordinator.close()
 
 
+def test_a_step_waits_for_the_spot_check_twins_being_computed(db):
+    """With every unit twinned, both originals in is not enough: the step waits while the
+    twins are being computed (within the patience), then takes them in."""
+    run = make_run(db, unit_size=10, results_per_step=2, spot_check_rate=1.0)
+    coordinator = Coordinator(db, run)
+    a, b = FakeStudent(db, run, "a"), FakeStudent(db, run, "b")
+    try:
+        coordinator.start()
+        first, second, second_twin, first_twin = a.claim(), b.claim(), a.claim(), b.claim()
+        assert a.submit(first)["accepted"] and b.submit(second)["accepted"]
+        coordinator.collect()
+        coordinator.tick()
+        assert coordinator.version == 0, "the step did not wait for the twins"
+        assert a.submit(second_twin)["accepted"] and b.submit(first_twin)["accepted"]
+        coordinator.collect()
+        coordinator.tick()
+        assert coordinator.version == 1
+        checks = _q(db, "SELECT agreed FROM spot_checks WHERE run_id = %s", run.id)
+        assert checks == [{"agreed": True}] * 2
+    finally:
+        a.close()
+        b.close()
+        coordinator.close()
+
+
 def test_bad_payloads_are_rejected_with_reasons_never_applied(db):
     run = make_run(db, unit_size=10, results_per_step=2)
     coordinator = Coordinator(db, run, checkpoint_s=0)  # a checkpoint after every step
