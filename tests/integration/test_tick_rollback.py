@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ganpool.coordinator import Coordinator
-from ganpool.store import connect
+from ganpool.store import Store, connect
 from tests.helpers import FakeStudent, make_run
 from tests.security.classroom import Student
 
@@ -20,6 +20,14 @@ def _snapshot(coordinator: Coordinator) -> dict[str, torch.Tensor]:
     state = coordinator.round.state
     tensors = state.weights() | {f"opt.{k}": v for k, v in state.optimizer_tensors().items()}
     return {k: v.detach().clone() for k, v in tensors.items()}
+
+
+def _committed_version(dsn: str, run_id: int) -> int:
+    store = Store(connect(dsn))
+    try:
+        return store.one("run_state", run_id=run_id)["current_version"]
+    finally:
+        store.close()
 
 
 def _assert_same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
@@ -48,11 +56,7 @@ def test_a_step_rolled_back_after_it_was_taken_leaves_the_committed_state(embedd
         assert coordinator.tick() is False  # gave way to the lock after a second
         assert coordinator.round.dirty, "the lock stopped the tick before its step was taken"
         assert coordinator.version == 0
-        with connect(embedded_db) as conn:
-            version = conn.execute(
-                "SELECT current_version FROM runs WHERE id = %s", (run.id,)
-            ).fetchone()["current_version"]
-        assert version == 0, "the rolled-back step was committed"
+        assert _committed_version(embedded_db, run.id) == 0, "the rolled-back step was committed"
         _assert_same(_snapshot(coordinator), committed)
 
         holder.rollback()  # the lock goes: the next tick takes the step, once
@@ -97,11 +101,7 @@ def test_a_tick_that_fails_after_its_step_leaves_the_committed_state(embedded_db
         coordinator.collect()
         coordinator.tick()
         assert coordinator.version == 1
-        with connect(embedded_db) as conn:
-            version = conn.execute(
-                "SELECT current_version FROM runs WHERE id = %s", (run.id,)
-            ).fetchone()["current_version"]
-        assert version == 1
+        assert _committed_version(embedded_db, run.id) == 1
     finally:
         for student in students:
             student.close()
@@ -158,11 +158,7 @@ def test_a_skipped_g_step_rolled_back_after_it_was_published_leaves_the_committe
                 break
         assert _skipped(caplog), "the G phase was never skipped"
         assert coordinator.version == 1, "the rolled-back skip is still in memory"
-        with connect(embedded_db) as conn:
-            version = conn.execute(
-                "SELECT current_version FROM runs WHERE id = %s", (run.id,)
-            ).fetchone()["current_version"]
-        assert version == 1, "the rolled-back skip was committed"
+        assert _committed_version(embedded_db, run.id) == 1, "the rolled-back skip was committed"
 
         holder.rollback()  # the lock goes: the skip happens, once
         for _ in range(12):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -41,6 +43,31 @@ def _honest_steps(coordinator: Coordinator, honest: Student, steps: int) -> None
             assert honest.submit(unit)["accepted"]
         _step(coordinator)
         assert coordinator.version == v + 1
+
+
+@contextmanager
+def _cohort(dsn: str, logins: Logins, name: str) -> Iterator[tuple[Coordinator, Student, Student]]:
+    """A run of units of 10, two results a step; an honest student has sent a cohort of 10
+    results (five steps), and mallory, logged in over SCRAM, has joined."""
+    run = make_run(dsn, name, unit_size=10, results_per_step=2)
+    coordinator = Coordinator(dsn, run)
+    honest = Student(dsn, run, "honest")
+    mallory = Student(logins.add("mallory"), run, "mallory")
+    try:
+        coordinator.start()
+        _honest_steps(coordinator, honest, 5)
+        yield coordinator, honest, mallory
+    finally:
+        honest.close()
+        mallory.close()
+        coordinator.close()
+
+
+def _applied(coordinator: Coordinator, student: Student) -> int:
+    """How many of the student's results were applied."""
+    return coordinator.store.conn.execute(
+        "SELECT count(*) AS n FROM version_contributions WHERE worker_id = %s", (student.id,)
+    ).fetchone()["n"]
 
 
 def _scale(prefix: str, factor: float):
@@ -175,13 +202,7 @@ def test_cohort_checks_are_per_network_and_cover_batchnorm(embedded_db, logins):
     """Each network's gradient norm, and each BatchNorm statistic, is judged on its own
     against the recent results of its phase: a variance 20x the cohort's is positive, and a
     batch could in principle produce it, but it is refused."""
-    run = make_run(embedded_db, "cohort", unit_size=10, results_per_step=2)
-    coordinator = Coordinator(embedded_db, run)
-    coordinator.start()
-    honest = Student(embedded_db, run, "honest")
-    mallory = Student(logins.add("mallory"), run, "mallory")
-    try:
-        _honest_steps(coordinator, honest, 5)  # a cohort of 10 results
+    with _cohort(embedded_db, logins, "cohort") as (coordinator, honest, mallory):
         for tamper, reason in (
             (_scale("grad.D", 1e4), "D's gradient norm"),
             (_scale("grad.G", 1e4), "G's gradient norm"),
@@ -194,31 +215,15 @@ def test_cohort_checks_are_per_network_and_cover_batchnorm(embedded_db, logins):
             _step(coordinator)
             assert coordinator.version == v + 1
             assert reason in mallory.rejections()[-1], mallory.rejections()
-        assert (
-            coordinator.store.conn.execute(
-                "SELECT count(*) AS n FROM version_contributions WHERE worker_id = %s",
-                (mallory.id,),
-            ).fetchone()["n"]
-            == 0
-        )
-    finally:
-        honest.close()
-        mallory.close()
-        coordinator.close()
+        assert _applied(coordinator, mallory) == 0
 
 
 def test_batchnorm_statistics_are_judged_by_their_own_limit(embedded_db, logins):
     """BatchNorm statistics vary less between batches than gradient norms do: they are
     judged against a limit of 6, not the run's `norm_z_max` (12 by default). D's statistics
     3x an honest result's (robust z about 8.5) are refused."""
-    run = make_run(embedded_db, "limits", unit_size=10, results_per_step=2)
-    assert run.config.norm_z_max == 12
-    coordinator = Coordinator(embedded_db, run)
-    honest = Student(embedded_db, run, "honest")
-    mallory = Student(logins.add("mallory"), run, "mallory")
-    try:
-        coordinator.start()
-        _honest_steps(coordinator, honest, 5)  # a cohort of 10 results
+    with _cohort(embedded_db, logins, "limits") as (coordinator, honest, mallory):
+        assert coordinator.cfg.norm_z_max == 12
         mine, theirs = mallory.claim(), honest.claim()
         assert honest.submit(theirs)["accepted"]
         mallory.submit(mine, tamper=_scale("buf.D", 3.0))
@@ -227,28 +232,18 @@ def test_batchnorm_statistics_are_judged_by_their_own_limit(embedded_db, logins)
         reasons = mallory.rejections()
         assert len(reasons) == 1 and "BatchNorm statistic D." in reasons[0], reasons
         assert "limit 6)" in reasons[0], reasons
-    finally:
-        honest.close()
-        mallory.close()
-        coordinator.close()
 
 
 def test_gradient_norms_are_judged_by_norm_z_max_not_the_batchnorm_limit(embedded_db, logins):
     """A gradient norm is judged against the run's `norm_z_max` (12), not the BatchNorm
     statistics' limit of 6: early in a run D's norms drift, and a D gradient at robust z
     about 9 is applied."""
-    run = make_run(embedded_db, "norm-limit", unit_size=10, results_per_step=2)
-    assert run.config.norm_z_max == 12
-    coordinator = Coordinator(embedded_db, run)
-    honest = Student(embedded_db, run, "honest")
-    mallory = Student(logins.add("mallory"), run, "mallory")
-    try:
-        coordinator.start()
-        _honest_steps(coordinator, honest, 5)  # a cohort of 10 results
+    with _cohort(embedded_db, logins, "norm-limit") as (coordinator, honest, mallory):
+        assert coordinator.cfg.norm_z_max == 12
         history = coordinator.screening.history[("both", "norm.D")]
         logs = [math.log(x) for x in history]
         median = statistics.median(logs)
-        scale = max(1.4826 * statistics.median(abs(x - median) for x in logs), 0.25)
+        scale = 1 / robust_z(median + 1, logs, min_scale=0.25)  # the z of one log unit
         target = math.exp(median + 9 * scale)
         sent = []
 
@@ -269,17 +264,7 @@ def test_gradient_norms_are_judged_by_norm_z_max_not_the_batchnorm_limit(embedde
         reference = [math.log(x) for x in history]
         z = robust_z(math.log(target), reference, min_scale=0.25)
         assert 6 < z < 12, (z, sent)
-        assert (
-            coordinator.store.conn.execute(
-                "SELECT count(*) AS n FROM version_contributions WHERE worker_id = %s",
-                (mallory.id,),
-            ).fetchone()["n"]
-            == 1
-        )
-    finally:
-        honest.close()
-        mallory.close()
-        coordinator.close()
+        assert _applied(coordinator, mallory) == 1
 
 
 def test_g_phase_units_are_spot_checked(embedded_db):
