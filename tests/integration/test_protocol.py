@@ -273,3 +273,63 @@ def test_a_worker_with_a_mismatched_dataset_refuses_to_start(db, tmp_path):
     w = Worker(db, run, "instructor-copy", data_path=mine)  # the same files are fine
     assert len(w.dataset) == 6
     assert w.dataset.batch([0, 5]).shape == (2, 3, 64, 64)
+
+
+def test_a_unit_refused_everywhere_gives_its_images_back_before_the_next_step(db):
+    """Between steps, once a refused unit's copies have run out, its images go back to the
+    epoch at once: the next unit of the same version reissues them, not fresh images."""
+    import torch
+    from safetensors.torch import load
+
+    from ganpool.coordinator.issuing import MAX_COPIES
+
+    run = make_run(db, unit_size=10, results_per_step=1)
+    coordinator = Coordinator(db, run)
+    bad = FakeStudent(db, run, "bad")
+
+    def submit_nan(unit):
+        tensors = load(bad.payload(unit)["payload"])
+        tensors["grad.D.main.0.weight"].fill_(float("nan"))
+        assert bad.submit(unit, payload=pack(tensors))["accepted"]
+
+    def originals():
+        rows = _q(
+            db,
+            "SELECT id, indices FROM work_units WHERE version = 0 AND backup_of IS NULL"
+            " AND twin_of IS NULL ORDER BY id",
+        )
+        return [(r["id"], sorted(r["indices"])) for r in rows]
+
+    try:
+        coordinator.start()
+        refused = bad.claim()
+        submit_nan(refused)
+        coordinator.collect()
+        coordinator.tick()  # its only result refused: no step, a fresh unit tops up
+        assert coordinator.version == 0
+        held = bad.claim()
+        assert held["unit_id"] != refused["unit_id"]
+        # The refused unit's copies: no other student can claim them, so each is dropped
+        # once it has waited past the patience (aged here), until none is left to make.
+        for _ in range(MAX_COPIES + 1):
+            _q(
+                db,
+                "UPDATE work_units SET created_at = created_at - interval '1 hour'"
+                " WHERE backup_of IS NOT NULL RETURNING id",
+            )
+            coordinator.tick()
+        copies = _q(db, "SELECT state FROM work_units WHERE backup_of = %s", refused["unit_id"])
+        assert [c["state"] for c in copies] == ["cancelled"] * MAX_COPIES
+        submit_nan(held)  # the fresh unit is refused too: the version needs another unit
+        coordinator.collect()
+        coordinator.tick()
+        assert coordinator.version == 0
+        units = originals()
+        assert [u for u, _ in units[:2]] == [refused["unit_id"], held["unit_id"]]
+        assert len(units) == 3
+        assert units[2][1] == sorted(refused["indices"]), "fresh images before given-back ones"
+        assert not set(held["indices"]) & set(refused["indices"])
+        assert torch.isfinite(coordinator.state.weights()["D.main.0.weight"]).all()
+    finally:
+        bad.close()
+        coordinator.close()
