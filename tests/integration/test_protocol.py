@@ -283,7 +283,8 @@ def test_a_unit_refused_everywhere_gives_its_images_back_before_the_next_step(db
 
     from ganpool.coordinator.issuing import MAX_COPIES
 
-    run = make_run(db, unit_size=10, results_per_step=1)
+    # No backup copies of the unit held meanwhile (the patience is then the lease).
+    run = make_run(db, unit_size=10, results_per_step=1, backup_after=0)
     coordinator = Coordinator(db, run)
     bad = FakeStudent(db, run, "bad")
 
