@@ -32,6 +32,9 @@ def test_a_norm_far_from_a_steady_cohort_is_flagged_with_its_ratio_and_z():
 def test_the_limit_is_exclusive_and_the_scale_has_a_floor():
     assert norm_outliers([1.0] * 7, {"a": 1.0, "b": 1000.0}, z_max=27.5)
     assert not norm_outliers([1.0] * 7, {"a": 1.0, "b": 1000.0}, z_max=27.7)
+    # At exactly the limit: accepted (2.0 lies ln 2 / 0.25 away).
+    assert not norm_outliers([1.0] * 7, {"a": 1.0, "b": 2.0}, z_max=math.log(2.0) / 0.25)
+    assert norm_outliers([1.0] * 7, {"a": 1.0, "b": 2.0}, z_max=math.log(2.0) / 0.25 - 1e-9)
     # 1.1 is 0.095 in logs: 0.38 scales of 0.25, nothing (with no floor it would be huge).
     assert not norm_outliers([1.0] * 8, {"a": 1.1}, z_max=1.0)
 
@@ -68,6 +71,18 @@ def test_payload_check_refuses_a_missing_or_non_finite_payload():
         broken["buf.D.main.3.running_var"][0] = bad
         with pytest.raises(PayloadError, match="NaN or infinite"):
             screening.check(pack(broken), "both")
+
+
+def test_a_payload_over_the_runs_limit_is_refused_before_it_is_read():
+    """The database refuses an oversized upload at the door; the coordinator checks the
+    size again before parsing a header it did not write. The limit itself is allowed."""
+    cfg = load_run_config(overrides={"nz": 16, "ngf": 8, "ndf": 8})
+    g, d = build_models(cfg.model, 0)
+    blob = pack(unit_gradients(g, d, torch.zeros(2, 1, 32, 32), 1, cfg.nz).tensors)
+    tight = Screening(1, cfg.replace(max_payload_bytes=len(blob) - 1), g, d)
+    with pytest.raises(PayloadError, match=rf"exceeds the limit of {len(blob) - 1}$"):
+        tight.check(blob, "both")
+    assert Screening(1, cfg.replace(max_payload_bytes=len(blob)), g, d).check(blob, "both")
 
 
 def test_the_norm_history_judges_by_the_recent_norms_only():
@@ -124,7 +139,11 @@ def test_a_variance_no_batch_could_give_is_refused_beyond_rounding_only(key, pas
     def running(b: float) -> dict[str, torch.Tensor]:
         return {key: torch.tensor([k + (1 - k) * b, k + (1 - k) * 0.5])}
 
-    with pytest.raises(PayloadError, match="cannot come from any batch"):
+    reason = (
+        rf"^BatchNorm statistic {key[4:]} cannot come from any batch of this version "
+        r"\(it implies a negative batch variance\)$"
+    )
+    with pytest.raises(PayloadError, match=reason):
         batchnorm_stats(running(-2.5e-4), prior)
     stats = batchnorm_stats(running(-1.5e-4), prior)
     assert stats[f"bn.{key[4:]}"] == pytest.approx(math.sqrt((1.5e-4**2 + 0.25) / 2), rel=1e-5)
