@@ -73,6 +73,19 @@ def test_payload_check_refuses_a_missing_or_non_finite_payload():
             screening.check(pack(broken), "both")
 
 
+def test_buffers_that_never_moved_are_judged_far_below_the_cohort():
+    """Running means left at version 0's zeros imply batches whose mean is exactly 0. The
+    summary is then a tiny positive number, so the cohort check weighs it on its log scale
+    (far below, with a finite z) and counts it in the cohort, as any other value."""
+    prior = {"buf.D.main.3.running_mean": torch.zeros(4)}
+    value = batchnorm_stats({"buf.D.main.3.running_mean": torch.zeros(4)}, prior)[
+        "bn.D.main.3.running_mean"
+    ]
+    assert 0 < value < 1e-11
+    out = norm_outliers([0.1] * 6, {"a": 0.1, "b": value}, z_max=12)
+    assert [k for k, _, z in out if math.isfinite(z)] == ["b"]
+
+
 def test_a_payload_over_the_runs_limit_is_refused_before_it_is_read():
     """The database refuses an oversized upload at the door; the coordinator checks the
     size again before parsing a header it did not write. The limit itself is allowed."""
