@@ -3,6 +3,8 @@
 import time
 
 import pytest
+import torch
+from safetensors.torch import load
 
 from ganpool.coordinator import Coordinator
 from ganpool.errors import DatasetMismatch
@@ -16,6 +18,13 @@ from tests.helpers import FakeStudent, make_run
 def _q(dsn, sql, *args):
     with connect(dsn) as conn:
         return conn.execute(sql, args).fetchall()
+
+
+def _with_nan(student: FakeStudent, unit: dict) -> bytes:
+    """The student's genuine payload for `unit`, one gradient entry made NaN."""
+    tensors = load(student.payload(unit)["payload"])
+    tensors["grad.D.main.0.weight"][0, 0, 0, 0] = float("nan")
+    return pack(tensors)
 
 
 def test_claims_are_exclusive_and_leases_use_the_servers_clock(db):
@@ -213,13 +222,7 @@ def test_bad_payloads_are_rejected_with_reasons_never_applied(db):
     coordinator.start()
     good, bad = FakeStudent(db, run, "good"), FakeStudent(db, run, "bad")
     u1, u2 = good.claim(), bad.claim()
-    genuine = bad.payload(u2)
-    import torch
-    from safetensors.torch import load
-
-    tensors = load(genuine["payload"])
-    tensors["grad.D.main.0.weight"][0, 0, 0, 0] = float("nan")
-    assert bad.submit(u2, payload=pack(tensors))["accepted"]  # accepted at the door...
+    assert bad.submit(u2, payload=_with_nan(bad, u2))["accepted"]  # accepted at the door...
     assert good.submit(u1)["accepted"]
     coordinator.tick()
     # ...but never applied: the step used the good result only.
@@ -278,9 +281,6 @@ def test_a_worker_with_a_mismatched_dataset_refuses_to_start(db, tmp_path):
 def test_a_unit_refused_everywhere_gives_its_images_back_before_the_next_step(db):
     """Between steps, once a refused unit's copies have run out, its images go back to the
     epoch at once: the next unit of the same version reissues them, not fresh images."""
-    import torch
-    from safetensors.torch import load
-
     from ganpool.coordinator.issuing import MAX_COPIES
 
     # No backup copies of the unit held meanwhile (the patience is then the lease).
@@ -289,9 +289,7 @@ def test_a_unit_refused_everywhere_gives_its_images_back_before_the_next_step(db
     bad = FakeStudent(db, run, "bad")
 
     def submit_nan(unit):
-        tensors = load(bad.payload(unit)["payload"])
-        tensors["grad.D.main.0.weight"].fill_(float("nan"))
-        assert bad.submit(unit, payload=pack(tensors))["accepted"]
+        assert bad.submit(unit, payload=_with_nan(bad, unit))["accepted"]
 
     def originals():
         rows = _q(
