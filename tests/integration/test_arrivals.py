@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load
 
 from ganpool.coordinator import Coordinator
+from ganpool.coordinator import round as round_module
 from ganpool.errors import PayloadError
 from ganpool.store import connect
 from tests.helpers import FakeStudent, make_run
@@ -25,7 +26,7 @@ def _landed(dsn, run) -> dict[int, int]:
 
 
 def test_results_are_summed_weighted_as_they_land_and_a_refused_one_is_passed_over(
-    embedded_db,
+    embedded_db, monkeypatch
 ):
     # 100 faces in units of 40: 40, 40 and 20 images.
     run = make_run(embedded_db, unit_size=40, results_per_step=3)
@@ -66,8 +67,15 @@ def test_results_are_summed_weighted_as_they_land_and_a_refused_one_is_passed_ov
         coordinator.collect()  # nothing new landed: nothing is read again
         assert all(arrivals.results[i] is known for i, known in read.items())
         assert arrivals.mean_of(good) is not None
+        # The step takes that sum; it does not sum the results again.
+        summed_again = []
+        aggregate = round_module.aggregate
+        monkeypatch.setattr(
+            round_module, "aggregate", lambda *a: summed_again.append(a) or aggregate(*a)
+        )
         coordinator.tick()
         assert coordinator.version == 1
+        assert not summed_again, "the step summed its results again"
         assert students[0].rejections(), "the garbage payload was not refused"
         (report,) = reports  # what `ganpool train` prints for the step
         assert (report.version, report.units, report.images, report.rejected) == (1, 2, nx + ny, 1)

@@ -8,6 +8,7 @@ from safetensors.torch import load
 
 from ganpool.coordinator import Coordinator
 from ganpool.errors import DatasetMismatch
+from ganpool.protocol.vocabulary import RejectionReason
 from ganpool.runs import control_run
 from ganpool.serialization.tensors import pack
 from ganpool.store import Store, connect
@@ -107,6 +108,68 @@ def test_a_late_result_is_rejected_with_its_reason_and_its_images_go_back(db):
     for s in students:
         s.close()
     coordinator.close()
+
+
+def test_a_result_that_lands_during_the_step_is_rejected_as_stale_at_the_next_tick(db):
+    """A submission still open while the coordinator steps holds its unit, so the step
+    cannot cancel it: the result commits on a version the run has left. The next tick
+    rejects it with its reason, and its images go back to the epoch."""
+    run = make_run(db, unit_size=10, results_per_step=2, units_per_step=3)
+    coordinator = Coordinator(db, run)
+    students = [FakeStudent(db, run, n) for n in ("a", "b", "slow")]
+    try:
+        coordinator.start()
+        units = [s.claim() for s in students]
+        slow, late = students[2], units[2]
+        with slow.store.tx():
+            assert slow.submit(late)["accepted"]  # not committed: its unit stays locked
+            for s, u in zip(students[:2], units[:2], strict=True):
+                assert s.submit(u)["accepted"]
+            coordinator.collect()
+            coordinator.tick()
+            assert coordinator.version == 1
+        landed = "SELECT status FROM results WHERE unit_id = %s"
+        assert [r["status"] for r in _q(db, landed, late["unit_id"])] == ["submitted"]
+
+        coordinator.tick()
+        assert coordinator.version == 1
+        reason = (
+            "stale: computed on version 0 but the run moved on to version 1; "
+            "its images went back to the epoch"
+        )
+        assert slow.rejections() == [reason]
+        assert [r["status"] for r in _q(db, landed, late["unit_id"])] == ["rejected"]
+        unit = "SELECT state, images_returned FROM work_units WHERE id = %s"
+        assert _q(db, unit, late["unit_id"]) == [{"state": "rejected", "images_returned": True}]
+        assert not students[0].rejections() and not students[1].rejections()
+    finally:
+        for s in students:
+            s.close()
+        coordinator.close()
+
+
+def test_a_result_waiting_when_the_run_ends_is_rejected_with_that_reason(db):
+    """A run that ends on its time limit between steps: the result waiting for the next step
+    is never applied, and its student is told so, not left with a result forever waiting."""
+    run = make_run(db, unit_size=10, results_per_step=2, max_seconds=1.0)
+    coordinator = Coordinator(db, run)
+    a, b = FakeStudent(db, run, "a"), FakeStudent(db, run, "b")
+    try:
+        coordinator.start()
+        waiting = a.claim()
+        assert b.claim() is not None
+        assert a.submit(waiting)["accepted"]
+        coordinator.collect()
+        assert coordinator.tick() is False  # one result of the two: no step yet
+        time.sleep(1.2)
+        assert coordinator.tick() is True
+        assert coordinator.version == 0
+        assert a.rejections() == [RejectionReason.RUN_ENDED]
+        rows = _q(db, "SELECT status FROM results WHERE unit_id = %s", waiting["unit_id"])
+        assert [r["status"] for r in rows] == ["rejected"]
+        assert not b.rejections()  # nothing submitted, nothing to tell
+    finally:
+        a.close(), b.close(), coordinator.close()
 
 
 def test_a_tick_says_the_run_is_over_once_the_instructor_stops_it(db):
