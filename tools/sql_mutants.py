@@ -70,6 +70,7 @@ class Mutant:
 M1, M2 = "migrations/0001_initial.sql", "migrations/0002_worker_api.sql"
 M6, M8 = "migrations/0006_class_schema.sql", "migrations/0008_backup_units.sql"
 M9 = "migrations/0009_one_caller_check_and_names.sql"
+M11 = "migrations/0011_the_end_of_a_run_is_not_stale.sql"
 Q = "queries.sql"
 ONE = "tests/security/test_one_student.py"
 STALLS = "tests/security/test_student_stalls.py"
@@ -277,15 +278,24 @@ MUTANTS = [
     # -- submitting --------------------------------------------------------------------------
     Mutant(
         "submit-stale-accepted",
-        M6,
+        M11,
         "    ELSIF u.state = 'cancelled' AND u.worker_id = p_worker_id THEN",
         "    ELSIF false THEN",
         "a result for a cancelled unit is not told it is stale",
         (f"{PROTOCOL}::test_a_late_result_is_rejected_with_its_reason_and_its_images_go_back",),
     ),
     Mutant(
+        "submit-end-as-stale",
+        M11,
+        "    ELSIF u.state = 'cancelled' AND u.worker_id = p_worker_id\n"
+        "          AND v_status NOT IN ('running', 'paused') THEN",
+        "    ELSIF false THEN",
+        "a student whose unit the end of the run cancelled is told it is stale",
+        (f"{PROTOCOL}::test_a_result_waiting_when_the_run_ends_is_rejected_with_that_reason",),
+    ),
+    Mutant(
         "submit-any-attempt",
-        M6,
+        M11,
         "ELSIF u.worker_id IS DISTINCT FROM p_worker_id OR u.attempt <> p_attempt THEN",
         "ELSIF u.worker_id IS DISTINCT FROM p_worker_id THEN",
         "a worker whose lease expired submits over its own new claim",
@@ -293,7 +303,7 @@ MUTANTS = [
     ),
     Mutant(
         "submit-any-holder",
-        M6,
+        M11,
         "ELSIF u.worker_id IS DISTINCT FROM p_worker_id OR u.attempt <> p_attempt THEN",
         "ELSIF u.attempt <> p_attempt THEN",
         "a worker submits for a unit another worker holds",
@@ -301,7 +311,7 @@ MUTANTS = [
     ),
     Mutant(
         "submit-any-state",
-        M6,
+        M11,
         "    ELSIF u.state <> 'claimed' THEN",
         "    ELSIF false THEN",
         "a submission for a pending or rejected unit gets past the state check",
@@ -309,7 +319,7 @@ MUTANTS = [
     ),
     Mutant(
         "submit-any-run-status",
-        M6,
+        M11,
         "    ELSIF v_status NOT IN ('running', 'paused') THEN",
         "    ELSIF false THEN",
         "results are recorded after the run has finished or stopped",
@@ -317,7 +327,7 @@ MUTANTS = [
     ),
     Mutant(
         "submit-samples-one",
-        M6,
+        M11,
         "VALUES (u.run_id, u.id, p_worker_id, u.version, cardinality(u.indices), p_g_loss,",
         "VALUES (u.run_id, u.id, p_worker_id, u.version, 1, p_g_loss,",
         "every result weighs the same, whatever its unit's size",
@@ -325,7 +335,7 @@ MUTANTS = [
     ),
     Mutant(
         "submit-retry-any-attempt",
-        M6,
+        M11,
         "    ELSIF u.state IN ('submitted', 'applied') AND u.worker_id = p_worker_id\n"
         "          AND u.attempt = p_attempt THEN",
         "    ELSIF u.state IN ('submitted', 'applied') AND u.worker_id = p_worker_id THEN",

@@ -150,24 +150,29 @@ def test_a_result_that_lands_during_the_step_is_rejected_as_stale_at_the_next_ti
 
 def test_a_result_waiting_when_the_run_ends_is_rejected_with_that_reason(db):
     """A run that ends on its time limit between steps: the result waiting for the next step
-    is never applied, and its student is told so, not left with a result forever waiting."""
-    run = make_run(db, unit_size=10, results_per_step=2, max_seconds=1.0)
+    is never applied, and its student is told so, not left with a result forever waiting; a
+    student still computing is told the run has finished."""
+    run = make_run(db, unit_size=10, results_per_step=2, max_seconds=600.0)
     coordinator = Coordinator(db, run)
     a, b = FakeStudent(db, run, "a"), FakeStudent(db, run, "b")
     try:
         coordinator.start()
-        waiting = a.claim()
-        assert b.claim() is not None
+        waiting, unfinished = a.claim(), b.claim()
         assert a.submit(waiting)["accepted"]
         coordinator.collect()
         assert coordinator.tick() is False  # one result of the two: no step yet
-        time.sleep(1.2)
-        assert coordinator.tick() is True
+        _q(db, "UPDATE runs SET started_at = started_at - interval '11 minutes' RETURNING id")
+        assert coordinator.tick() is True  # the run's ten minutes are up
         assert coordinator.version == 0
         assert a.rejections() == [RejectionReason.RUN_ENDED]
         rows = _q(db, "SELECT status FROM results WHERE unit_id = %s", waiting["unit_id"])
         assert [r["status"] for r in rows] == ["rejected"]
         assert not b.rejections()  # nothing submitted, nothing to tell
+        # A unit the end cancelled: its late result is refused as the run's end, not as stale
+        # ("moved on to version 0" would say the run went on without it).
+        late = b.submit(unfinished)
+        assert (late["accepted"], late["reason"]) == (False, "the run has finished")
+        assert b.rejections() == ["the run has finished"]
     finally:
         a.close(), b.close(), coordinator.close()
 

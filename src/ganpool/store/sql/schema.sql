@@ -1181,6 +1181,10 @@ BEGIN
     SELECT r.current_version, r.status INTO v_current, v_status FROM runs AS r WHERE r.id = u.run_id;
     IF u.id IS NULL THEN
         v_reason := format('unit %s does not exist', p_unit_id);
+    ELSIF u.state = 'cancelled' AND u.worker_id = p_worker_id
+          AND v_status NOT IN ('running', 'paused') THEN
+        -- Cancelled because the run ended, not because it moved on.
+        v_reason := format('the run has %s', v_status);
     ELSIF u.state = 'cancelled' AND u.worker_id = p_worker_id THEN
         v_reason := format('stale: computed on version %s but the run moved on to version %s; '
                            'its images went back to the epoch', u.version, v_current);
