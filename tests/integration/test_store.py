@@ -7,27 +7,27 @@ from ganpool.store.queries import migrations
 
 
 def test_migrate_is_idempotent_and_recorded(empty_db):
-    conn = connect(empty_db)
-    with pytest.raises(GanpoolError, match="no ganpool schema"):
+    with connect(empty_db) as conn:
+        with pytest.raises(GanpoolError, match="no ganpool schema"):
+            check_schema(conn)
+        assert migrate(conn) == [
+            "0001_initial",
+            "0002_worker_api",
+            "0003_quality",
+            "0004_dataset_images",
+            "0005_performance",
+            "0006_class_schema",
+            "0007_class_tools",
+            "0008_backup_units",
+            "0009_one_caller_check_and_names",
+            "0010_version_to_step",
+            "0011_the_end_of_a_run_is_not_stale",
+        ]
+        assert migrate(conn) == []
         check_schema(conn)
-    assert migrate(conn) == [
-        "0001_initial",
-        "0002_worker_api",
-        "0003_quality",
-        "0004_dataset_images",
-        "0005_performance",
-        "0006_class_schema",
-        "0007_class_tools",
-        "0008_backup_units",
-        "0009_one_caller_check_and_names",
-        "0010_version_to_step",
-    ]
-    assert migrate(conn) == []
-    check_schema(conn)
-    rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
-    assert [r["version"] for r in rows] == [n for n, _, _ in migrations()]
-    assert rows[-1]["version"] == SCHEMA_VERSION
-    conn.close()
+        rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+        assert [r["version"] for r in rows] == [n for n, _, _ in migrations()]
+        assert rows[-1]["version"] == SCHEMA_VERSION
 
 
 def test_schema_newer_or_older_than_the_program_is_refused(db):
