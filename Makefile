@@ -71,7 +71,7 @@ MUTATION_ENV  := env -u PYTHONPATH GANPOOL_TEST_SYSTEM_PG=postgresql://postgres@
 mutation: $(STAMP)
 	$(PIP) -e '.[mutation]'
 ifeq ($(MODULE),sql)
-	$(MUTATION_ENV) nice -n 10 $(BIN)/python tools/sql_mutants.py
+	$(MUTATION_ENV) nice -n 10 $(BIN)/python tools/sql_mutants.py $(MUTATION_ARGS)
 else
 	$(MUTATION_ENV) $(BIN)/python tools/mutation.py $(MODULE) --jobs $(MUTATION_JOBS) $(MUTATION_ARGS)
 endif
