@@ -62,3 +62,24 @@ def test_a_mutant_in_a_replaced_function_or_an_unused_query_is_refused(
     mutant = tool.Mutant("m", file, find, "", "a bug")
     found = tool.check(mutant, tree)
     assert found == verdict or (verdict is not None and found.startswith(verdict))
+
+
+def test_a_run_fails_only_on_a_survivor_nobody_triaged_or_a_mutant_not_tried(
+    tool, tmp_path, capsys
+):
+    killed = {"status": "killed", "seconds": 1, "why": "FAILED tests/x.py::test_y"}
+    survived = {"status": "survived", "seconds": 9, "why": "12 passed"}
+    triaged = next(m for m in tool.MUTANTS if m.triaged)
+    other = next(m for m in tool.MUTANTS if not m.triaged)
+    out = tmp_path / "sql-mutants.md"
+
+    assert tool.report({triaged.id: survived, other.id: killed}, out) == 0
+    assert "every survivor triaged" in capsys.readouterr().out
+    assert f"| survived (triaged: {triaged.triaged}) |" in out.read_text()
+
+    assert tool.report({triaged.id: survived, other.id: survived}, out) == 1
+    assert f"surviving, not triaged: {other.id}" in capsys.readouterr().out
+
+    errored = {"status": "error", "seconds": 0, "why": "the migration did not apply"}
+    assert tool.report({other.id: errored}, out) == 1
+    assert "1 stale or errored" in capsys.readouterr().out
