@@ -21,6 +21,13 @@ def _q(dsn, sql, *args):
         return conn.execute(sql, args).fetchall()
 
 
+def _result_statuses(dsn, unit: dict) -> list[str]:
+    return [
+        r["status"]
+        for r in _q(dsn, "SELECT status FROM results WHERE unit_id = %s", unit["unit_id"])
+    ]
+
+
 def _with_nan(student: FakeStudent, unit: dict) -> bytes:
     """The student's genuine payload for `unit`, one gradient entry made NaN."""
     tensors = load(student.payload(unit)["payload"])
@@ -128,8 +135,7 @@ def test_a_result_that_lands_during_the_step_is_rejected_as_stale_at_the_next_ti
             coordinator.collect()
             coordinator.tick()
             assert coordinator.version == 1
-        landed = "SELECT status FROM results WHERE unit_id = %s"
-        assert [r["status"] for r in _q(db, landed, late["unit_id"])] == ["submitted"]
+        assert _result_statuses(db, late) == ["submitted"]
 
         coordinator.tick()
         assert coordinator.version == 1
@@ -138,7 +144,7 @@ def test_a_result_that_lands_during_the_step_is_rejected_as_stale_at_the_next_ti
             "its images went back to the epoch"
         )
         assert slow.rejections() == [reason]
-        assert [r["status"] for r in _q(db, landed, late["unit_id"])] == ["rejected"]
+        assert _result_statuses(db, late) == ["rejected"]
         unit = "SELECT state, images_returned FROM work_units WHERE id = %s"
         assert _q(db, unit, late["unit_id"]) == [{"state": "rejected", "images_returned": True}]
         assert not students[0].rejections() and not students[1].rejections()
@@ -165,8 +171,7 @@ def test_a_result_waiting_when_the_run_ends_is_rejected_with_that_reason(db):
         assert coordinator.tick() is True  # the run's ten minutes are up
         assert coordinator.version == 0
         assert a.rejections() == [RejectionReason.RUN_ENDED]
-        rows = _q(db, "SELECT status FROM results WHERE unit_id = %s", waiting["unit_id"])
-        assert [r["status"] for r in rows] == ["rejected"]
+        assert _result_statuses(db, waiting) == ["rejected"]
         assert not b.rejections()  # nothing submitted, nothing to tell
         # A unit the end cancelled: its late result is refused as the run's end, not as stale
         # ("moved on to version 0" would say the run went on without it).
